@@ -1,0 +1,207 @@
+//! The middleware: [`sessioner`], [`try_sessioner`] and the [`Sessioner`] handler.
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use salvo::http::ResBody;
+use salvo::http::cookie::{self, Cookie};
+use salvo::http::header::{CACHE_CONTROL, HeaderValue, UPGRADE};
+use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
+
+use crate::error::Result;
+use crate::id::SessionId;
+use crate::options::{Config, Options, SameSite};
+use crate::provider::{self, Provider, ProviderContext};
+use crate::store::{CookieAction, Store};
+
+/// Builds the session middleware from `options`: `router.hoop(sessioner(options))`.
+///
+/// # Panics
+///
+/// On a bad configuration (unknown provider, invalid cookie name, id length out of range,
+/// provider config its provider rejects). Use [`try_sessioner`] to get the error instead.
+///
+/// ```no_run
+/// use salvo::prelude::*;
+/// use sessioner::{Options, sessioner};
+///
+/// let router = Router::new().hoop(sessioner(Options {
+///     provider: "file".into(),
+///     provider_config: "data/sessions".into(),
+///     ..Default::default()
+/// }));
+/// # let _ = router;
+/// ```
+#[allow(clippy::panic)]
+pub fn sessioner(options: Options) -> Sessioner {
+    match options.build() {
+        Ok(handler) => handler,
+        Err(e) => panic!("invalid sessioner options: {e}"),
+    }
+}
+
+/// The fallible twin of [`sessioner`]: a bad configuration is an [`Error`](crate::Error).
+pub fn try_sessioner(options: Options) -> Result<Sessioner> {
+    options.build()
+}
+
+/// The session middleware. Cheap to clone; clones share one provider.
+#[derive(Clone, Debug)]
+pub struct Sessioner {
+    shared: Arc<Shared>,
+}
+
+/// What every request's [`Store`] shares: the settings and the provider.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: Config,
+    pub provider: Arc<dyn Provider>,
+    gc: OnceLock<GcTask>,
+}
+
+/// The background GC loop; stops when the last handler clone is dropped.
+#[derive(Debug)]
+struct GcTask(Option<tokio::task::AbortHandle>);
+
+impl Drop for GcTask {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
+    }
+}
+
+impl Sessioner {
+    pub(crate) fn new(config: Config) -> Result<Self> {
+        let ctx = ProviderContext::new(
+            config.provider_config.clone(),
+            config.clock.clone(),
+            config.max_lifetime,
+        );
+        let provider = provider::build(&config.provider, &ctx)?;
+        Ok(Sessioner {
+            shared: Arc::new(Shared {
+                config,
+                provider,
+                gc: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// The provider behind this middleware, for maintenance outside a request.
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.shared.provider
+    }
+
+    /// Starts the GC loop on the first request, when a tokio runtime surely exists.
+    fn start_gc(&self) {
+        self.shared.gc.get_or_init(|| {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return GcTask(None);
+            };
+            let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+            let every = self.shared.config.gc_interval;
+            let task = runtime.spawn(async move {
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    let Some(shared) = weak.upgrade() else { break };
+                    let provider = Arc::clone(&shared.provider);
+                    drop(shared);
+                    match provider.gc().await {
+                        Ok(n) => tracing::debug!(removed = n, "session gc"),
+                        Err(e) => tracing::warn!(error = %e, "session gc failed"),
+                    }
+                }
+            });
+            GcTask(Some(task.abort_handle()))
+        });
+    }
+
+    fn cookie(&self, value: String) -> Cookie<'static> {
+        let c = &self.shared.config;
+        let mut cookie = Cookie::build((c.cookie_name.clone(), value))
+            .path(c.cookie_path.clone())
+            .http_only(true)
+            .secure(c.secure)
+            .same_site(match c.same_site {
+                SameSite::Strict => cookie::SameSite::Strict,
+                SameSite::Lax => cookie::SameSite::Lax,
+                SameSite::None => cookie::SameSite::None,
+            });
+        if let Some(domain) = &c.domain {
+            cookie = cookie.domain(domain.clone());
+        }
+        if let Some(age) = c.cookie_lifetime {
+            cookie = cookie.max_age(cookie::time::Duration::seconds(
+                i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
+            ));
+        }
+        cookie.build()
+    }
+}
+
+/// Empties the response and sets `status`: session failures carry no detail to the client.
+fn fail(res: &mut Response, status: salvo::http::StatusCode) {
+    res.status_code(status);
+    res.body(ResBody::None);
+}
+
+#[async_trait]
+impl Handler for Sessioner {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        ctrl: &mut FlowCtrl,
+    ) {
+        self.start_gc();
+        let config = &self.shared.config;
+        let incoming = req.cookie(&config.cookie_name).and_then(|c| {
+            match SessionId::parse(c.value(), config.id_length) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    tracing::debug!("malformed session cookie ignored");
+                    None
+                }
+            }
+        });
+        let store = Store::new(Arc::clone(&self.shared), incoming);
+        depot.insert_typed(store.clone());
+
+        ctrl.call_next(req, depot, res).await;
+
+        if let Some(status) = store.failure().await {
+            // The backend failed while loading: answer with its status, keep the cookie.
+            fail(res, status);
+            return;
+        }
+        if config.ignore_release_for_websocket
+            && req
+                .headers()
+                .get(UPGRADE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        {
+            return;
+        }
+        let cookie = match store.release().await {
+            Ok(CookieAction::Keep) => return,
+            Ok(CookieAction::Set(id)) => self.cookie(id.as_str().to_owned()),
+            Ok(CookieAction::Clear) => {
+                let mut cookie = self.cookie(String::new());
+                cookie.make_removal();
+                cookie
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "saving the session failed");
+                fail(res, e.status_code());
+                return;
+            }
+        };
+        res.add_cookie(cookie);
+        res.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}

@@ -1,0 +1,311 @@
+//! `file`: one file per session under a root directory.
+//!
+//! ProviderConfig: the root directory (macaron's default `data/sessions`), created with mode
+//! `0700` if missing. A record lives at `<root>/<h[0..2]>/<h>` where `h` is the SHA-256 of the
+//! session id ([`SessionId::storage_key`]), so no path is ever built from client input.
+//!
+//! Durability: every write goes to a `0600` temporary file in the same directory, is
+//! `fsync`ed, then renamed over the record, so a crash leaves either the old or the new
+//! record, never a torn one. Concurrent requests of this process on one session are
+//! serialised by a striped lock and merged per key; several processes sharing one root
+//! directory are not coordinated (last writer wins per record).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use rand::TryRngCore;
+
+use super::blocking;
+use super::{Provider, ProviderContext, Regenerated};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::id::SessionId;
+use crate::record::{ChangeSet, Record, peek_expiry};
+
+const NAME: &str = "file";
+const STRIPES: usize = 64;
+
+/// The file provider.
+#[derive(Debug)]
+pub struct FileProvider {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    stripes: Box<[Mutex<()>]>,
+    clock: Clock,
+}
+
+impl FileProvider {
+    /// A provider storing records under `root`, creating it (`0700`) if needed.
+    pub fn open(root: impl Into<PathBuf>, clock: Clock) -> Result<Self> {
+        let root = root.into();
+        if root.as_os_str().is_empty() {
+            return Err(ProviderContext::error(
+                NAME,
+                "the root directory must not be empty",
+            ));
+        }
+        make_dir(&root).map_err(|e| {
+            ProviderContext::error(NAME, format!("cannot create {}: {e}", root.display()))
+        })?;
+        Ok(FileProvider {
+            inner: Arc::new(Inner {
+                root,
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                clock,
+            }),
+        })
+    }
+
+    /// The registry factory: the config is the root directory (`data_dir=..` accepted too).
+    pub fn factory(ctx: &ProviderContext) -> Result<Arc<dyn Provider>> {
+        let dir = ctx.config.trim();
+        let dir = dir.strip_prefix("data_dir=").unwrap_or(dir);
+        Ok(Arc::new(FileProvider::open(dir, ctx.clock.clone())?))
+    }
+
+    async fn run<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> io::Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking::run(NAME, move || {
+            work(&inner).map_err(|e| Error::backend(NAME, e))
+        })
+        .await
+    }
+}
+
+fn make_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+enum Read2 {
+    Missing,
+    Live(Record),
+    Dead,
+}
+
+impl Inner {
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(&key[..2]).join(key)
+    }
+
+    fn stripe(&self, key: &str) -> usize {
+        usize::from_str_radix(&key[..2], 16).unwrap_or(0) % STRIPES
+    }
+
+    fn lock(&self, stripe: usize) -> MutexGuard<'_, ()> {
+        self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads a record; a damaged one is returned as an `InvalidData` error.
+    fn read(&self, key: &str) -> io::Result<Read2> {
+        let mut bytes = Vec::new();
+        match File::open(self.path(key)) {
+            Ok(mut f) => f.read_to_end(&mut bytes)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read2::Missing),
+            Err(e) => return Err(e),
+        };
+        let record =
+            Record::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(if record.is_expired(self.clock.now_ms()) {
+            Read2::Dead
+        } else {
+            Read2::Live(record)
+        })
+    }
+
+    fn write(&self, key: &str, record: &Record) -> io::Result<()> {
+        let path = self.path(key);
+        let dir = self.root.join(&key[..2]);
+        make_dir(&dir)?;
+        let mut suffix = [0u8; 8];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut suffix)
+            .map_err(io::Error::other)?;
+        let tmp = dir.join(format!(".{key}.{:016x}.tmp", u64::from_le_bytes(suffix)));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&record.encode())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn remove(&self, key: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(key)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Visits every record file with its idle deadline (`None` if undecodable).
+    fn scan(&self, mut visit: impl FnMut(&str, Option<u64>) -> io::Result<()>) -> io::Result<()> {
+        let mut header = [0u8; 18];
+        for dir in fs::read_dir(&self.root)? {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(dir.path())? {
+                let file = file?;
+                let name = file.file_name();
+                let name = name.to_string_lossy();
+                // Only record files: temporaries and strangers are left alone.
+                if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    continue;
+                }
+                let path = file.path();
+                let expiry = match File::open(&path).and_then(|mut f| f.read_exact(&mut header)) {
+                    Ok(()) => peek_expiry(&header).ok(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(_) => None,
+                };
+                visit(&name, expiry)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn corrupt_or_backend(e: Error) -> Error {
+    match e {
+        Error::Backend { source, .. } => match source.downcast::<io::Error>() {
+            Ok(io) if io.kind() == io::ErrorKind::InvalidData => Error::Corrupt(io),
+            Ok(io) => Error::backend(NAME, io),
+            Err(other) => Error::backend(NAME, other),
+        },
+        other => other,
+    }
+}
+
+#[async_trait]
+impl Provider for FileProvider {
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+        let key = id.storage_key();
+        let read = self
+            .run(move |i| i.read(&key))
+            .await
+            .map_err(corrupt_or_backend)?;
+        Ok(match read {
+            Read2::Live(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
+        let (key, record) = (id.storage_key(), record.clone());
+        self.run(move |i| {
+            let _guard = i.lock(i.stripe(&key));
+            match i.read(&key) {
+                Ok(Read2::Live(_)) => Ok(false),
+                // Missing, expired or damaged: the id is free.
+                _ => i.write(&key, &record).map(|()| true),
+            }
+        })
+        .await
+    }
+
+    async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
+        let (key, changes) = (id.storage_key(), changes.clone());
+        self.run(move |i| {
+            let _guard = i.lock(i.stripe(&key));
+            match i.read(&key)? {
+                Read2::Live(mut record) => {
+                    record.apply(&changes);
+                    i.write(&key, &record).map(|()| true)
+                }
+                _ => Ok(false),
+            }
+        })
+        .await
+        .map_err(corrupt_or_backend)
+    }
+
+    async fn destroy(&self, id: &SessionId) -> Result<()> {
+        let key = id.storage_key();
+        self.run(move |i| {
+            let _guard = i.lock(i.stripe(&key));
+            i.remove(&key)
+        })
+        .await
+    }
+
+    async fn regenerate(&self, old: &SessionId, new: &SessionId) -> Result<Regenerated> {
+        let (old, new) = (old.storage_key(), new.storage_key());
+        self.run(move |i| {
+            let (a, b) = (i.stripe(&old), i.stripe(&new));
+            let _first = i.lock(a.min(b));
+            let _second = (a != b).then(|| i.lock(a.max(b)));
+            if let Ok(Read2::Live(_)) = i.read(&new) {
+                return Ok(Regenerated::Collision);
+            }
+            let outcome = match i.read(&old)? {
+                Read2::Live(record) => {
+                    i.write(&new, &record)?;
+                    Regenerated::Moved
+                }
+                _ => Regenerated::Missing,
+            };
+            i.remove(&old)?;
+            Ok(outcome)
+        })
+        .await
+        .map_err(corrupt_or_backend)
+    }
+
+    async fn count(&self) -> Result<usize> {
+        self.run(|i| {
+            let now = i.clock.now_ms();
+            let mut n = 0;
+            i.scan(|_, expiry| {
+                n += usize::from(expiry.is_some_and(|e| e > now));
+                Ok(())
+            })?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn gc(&self) -> Result<usize> {
+        self.run(|i| {
+            let now = i.clock.now_ms();
+            let mut removed = 0;
+            i.scan(|key, expiry| {
+                if expiry.is_none_or(|e| e <= now) {
+                    let _guard = i.lock(i.stripe(key));
+                    // Re-check under the lock: a concurrent save may have refreshed it.
+                    if matches!(i.read(key), Ok(Read2::Dead) | Err(_)) {
+                        i.remove(key)?;
+                        removed += 1;
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(removed)
+        })
+        .await
+    }
+}
