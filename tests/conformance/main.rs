@@ -1,0 +1,21 @@
+//! The provider conformance suite, run against every built-in backend.
+
+#[macro_use]
+mod suite;
+
+use std::sync::Arc;
+
+use sessioner::provider::{file::FileProvider, memory::MemoryProvider};
+use sessioner::{Clock, Provider};
+
+conformance!(memory, {
+    let p: Arc<dyn Provider> = Arc::new(MemoryProvider::new(1_000_000, Clock::system()));
+    (p, ())
+});
+
+conformance!(file, {
+    let dir = tempfile::tempdir().unwrap();
+    let p: Arc<dyn Provider> =
+        Arc::new(FileProvider::open(dir.path().join("s"), Clock::system()).unwrap());
+    (p, dir)
+});
