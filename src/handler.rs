@@ -124,12 +124,14 @@ impl Sessioner {
         let mut cookie = Cookie::build((c.cookie_name.clone(), value))
             .path(c.cookie_path.clone())
             .http_only(true)
-            .secure(c.secure)
             .same_site(match c.same_site {
                 SameSite::Strict => cookie::SameSite::Strict,
                 SameSite::Lax => cookie::SameSite::Lax,
                 SameSite::None => cookie::SameSite::None,
             });
+        if c.secure {
+            cookie = cookie.secure(true);
+        }
         if let Some(domain) = &c.domain {
             cookie = cookie.domain(domain.clone());
         }

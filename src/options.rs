@@ -33,7 +33,7 @@ pub enum SameSite {
 /// | field | ini key | default |
 /// |---|---|---|
 /// | `provider` | `PROVIDER` | `"memory"` |
-/// | `provider_config` | `PROVIDER_CONFIG` | `"data/sessions"` |
+/// | `provider_config` | `PROVIDER_CONFIG` | the provider's own (`file`: `data/sessions`) |
 /// | `cookie_name` | `COOKIE_NAME` | `"sessioner"` |
 /// | `cookie_path` | `COOKIE_PATH` | `"/"` |
 /// | `gc_interval` | `GC_INTERVAL_TIME` (seconds) | 3600 s |
@@ -64,7 +64,8 @@ pub struct Options {
     /// Registered provider name: `memory` (the default: nothing to set up), `file`, and
     /// whatever the enabled features and [`register`](crate::register) add.
     pub provider: String,
-    /// Provider-specific configuration (a directory for `file`); redacted in `Debug`.
+    /// Provider-specific configuration (a directory for `file`); empty means the provider's
+    /// default. Redacted in `Debug`, since it may hold a password.
     pub provider_config: String,
     /// Name of the session cookie. Default `sessioner`: short, and says what set it.
     pub cookie_name: String,
@@ -272,7 +273,7 @@ impl Options {
         };
         let config = Config {
             provider: src.string(&self.provider, "PROVIDER", "memory"),
-            provider_config: src.string(&self.provider_config, "PROVIDER_CONFIG", "data/sessions"),
+            provider_config: src.string(&self.provider_config, "PROVIDER_CONFIG", ""),
             cookie_name: src.string(&self.cookie_name, "COOKIE_NAME", "sessioner"),
             cookie_path: src.string(&self.cookie_path, "COOKIE_PATH", "/"),
             gc_interval,

@@ -1,6 +1,6 @@
 //! `file`: one file per session under a root directory.
 //!
-//! ProviderConfig: the root directory (macaron's default `data/sessions`), created with mode
+//! ProviderConfig: the root directory (default [`DEFAULT_DIR`], `data/sessions` as macaron), created with mode
 //! `0700` if missing. A record lives at `<root>/<h[0..2]>/<h>` where `h` is the SHA-256 of the
 //! session id ([`SessionId::storage_key`]), so no path is ever built from client input.
 //!
@@ -27,6 +27,8 @@ use crate::id::SessionId;
 use crate::record::{ChangeSet, Record, peek_expiry};
 
 const NAME: &str = "file";
+/// The root directory when `provider_config` is empty, as macaron.
+pub const DEFAULT_DIR: &str = "data/sessions";
 const STRIPES: usize = 64;
 
 /// The file provider.
@@ -64,10 +66,12 @@ impl FileProvider {
         })
     }
 
-    /// The registry factory: the config is the root directory (`data_dir=..` accepted too).
+    /// The registry factory: the config is the root directory (`data_dir=..` accepted too),
+    /// [`DEFAULT_DIR`] when empty.
     pub fn factory(ctx: &ProviderContext) -> Result<Arc<dyn Provider>> {
         let dir = ctx.config.trim();
         let dir = dir.strip_prefix("data_dir=").unwrap_or(dir);
+        let dir = if dir.is_empty() { DEFAULT_DIR } else { dir };
         Ok(Arc::new(FileProvider::open(dir, ctx.clock.clone())?))
     }
 

@@ -1,0 +1,234 @@
+//! Test support: a small app over the session API and a browser-like client with a cookie jar.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use salvo::http::StatusCode;
+use salvo::http::cookie::Cookie;
+use salvo::prelude::*;
+use salvo::test::{ResponseExt, TestClient};
+use sessioner::{Options, SessionDepotExt, Sessioner};
+use tokio::sync::Notify;
+
+fn q(req: &Request, name: &str) -> String {
+    req.query::<String>(name).unwrap_or_default()
+}
+
+#[handler]
+async fn get(req: &mut Request, depot: &mut Depot) -> Result<String, sessioner::Error> {
+    let v = depot.session()?.get::<String>(&q(req, "key")).await?;
+    Ok(v.unwrap_or_else(|| "none".into()))
+}
+
+#[handler]
+async fn set(req: &mut Request, depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
+    depot
+        .session()?
+        .set(&q(req, "key"), &q(req, "value"))
+        .await?;
+    Ok("ok")
+}
+
+#[handler]
+async fn delete(req: &mut Request, depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
+    depot.session()?.delete(&q(req, "key")).await?;
+    Ok("ok")
+}
+
+#[handler]
+async fn flush(depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
+    depot.session()?.flush().await?;
+    Ok("ok")
+}
+
+#[handler]
+async fn show_id(depot: &mut Depot) -> Result<String, sessioner::Error> {
+    Ok(depot
+        .session()?
+        .id()
+        .await?
+        .map_or("none".into(), |i| i.as_str().to_owned()))
+}
+
+/// Regenerates, then sets `key=value` when given (a login).
+#[handler]
+async fn regenerate(req: &mut Request, depot: &mut Depot) -> Result<String, sessioner::Error> {
+    let s = depot.session()?;
+    let id = s.regenerate_id().await?;
+    if !q(req, "key").is_empty() {
+        s.set(&q(req, "key"), &q(req, "value")).await?;
+    }
+    Ok(id.as_str().to_owned())
+}
+
+/// Sets `key=value` first, then regenerates (a session created in this same request).
+#[handler]
+async fn set_then_regenerate(
+    req: &mut Request,
+    depot: &mut Depot,
+) -> Result<String, sessioner::Error> {
+    let s = depot.session()?;
+    s.set(&q(req, "key"), &q(req, "value")).await?;
+    Ok(s.regenerate_id().await?.as_str().to_owned())
+}
+
+#[handler]
+async fn destroy(depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
+    depot.session()?.destroy().await?;
+    Ok("ok")
+}
+
+#[handler]
+async fn count(depot: &mut Depot) -> Result<String, sessioner::Error> {
+    Ok(depot.session()?.count().await?.to_string())
+}
+
+#[handler]
+async fn gc(depot: &mut Depot) -> Result<String, sessioner::Error> {
+    Ok(depot.session()?.gc().await?.to_string())
+}
+
+#[handler]
+async fn read(req: &mut Request, depot: &mut Depot) -> Result<String, sessioner::Error> {
+    let data = depot.session()?.read(&q(req, "sid")).await?;
+    Ok(match data {
+        Some(d) => d
+            .get::<String>(&q(req, "key"))?
+            .unwrap_or_else(|| "none".into()),
+        None => "absent".into(),
+    })
+}
+
+#[handler]
+async fn hello() -> &'static str {
+    "hello"
+}
+
+/// A request that loads the session, signals `loaded`, waits for `proceed`, then writes.
+pub struct Slow {
+    pub loaded: Arc<Notify>,
+    pub proceed: Arc<Notify>,
+}
+
+#[async_trait]
+impl Handler for Slow {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        _: &mut FlowCtrl,
+    ) {
+        let Ok(s) = depot.session() else { return };
+        let _ = s.get::<String>("user").await;
+        self.loaded.notify_one();
+        self.proceed.notified().await;
+        match s.set(&q(req, "key"), &q(req, "value")).await {
+            Ok(()) => res.render("ok"),
+            Err(e) => res.render(e.to_string()),
+        }
+    }
+}
+
+/// The test app: every session operation behind a route, under `handler`.
+pub fn router(handler: Sessioner) -> Router {
+    Router::new()
+        .hoop(handler)
+        .push(Router::with_path("get").get(get))
+        .push(Router::with_path("set").get(set))
+        .push(Router::with_path("delete").get(delete))
+        .push(Router::with_path("flush").get(flush))
+        .push(Router::with_path("id").get(show_id))
+        .push(Router::with_path("regenerate").get(regenerate))
+        .push(Router::with_path("set_then_regenerate").get(set_then_regenerate))
+        .push(Router::with_path("destroy").get(destroy))
+        .push(Router::with_path("count").get(count))
+        .push(Router::with_path("gc").get(gc))
+        .push(Router::with_path("read").get(read))
+        .push(Router::with_path("hello").get(hello))
+}
+
+pub fn service(options: Options) -> Arc<Service> {
+    Arc::new(Service::new(router(options.build().unwrap())))
+}
+
+/// One HTTP exchange as a browser sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: String,
+    /// Every `Set-Cookie`, parsed.
+    pub set_cookies: Vec<Cookie<'static>>,
+    pub headers: salvo::http::HeaderMap,
+}
+
+impl Reply {
+    pub fn cookie(&self, name: &str) -> Option<&Cookie<'static>> {
+        self.set_cookies.iter().find(|c| c.name() == name)
+    }
+}
+
+/// A client with a cookie jar, like a browser.
+pub struct Browser {
+    pub service: Arc<Service>,
+    pub jar: HashMap<String, String>,
+}
+
+impl Browser {
+    pub fn new(service: Arc<Service>) -> Self {
+        Browser {
+            service,
+            jar: HashMap::new(),
+        }
+    }
+
+    pub fn with_cookie(service: Arc<Service>, name: &str, value: &str) -> Self {
+        let mut b = Browser::new(service);
+        b.jar.insert(name.into(), value.into());
+        b
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.send(TestClient::get(format!("http://127.0.0.1:5800{path}")))
+            .await
+    }
+
+    pub async fn post_form(&mut self, path: &str, form: &[(&str, &str)]) -> Reply {
+        self.send(TestClient::post(format!("http://127.0.0.1:5800{path}")).form(&form))
+            .await
+    }
+
+    pub async fn send(&mut self, mut req: salvo::test::RequestBuilder) -> Reply {
+        if !self.jar.is_empty() {
+            let header = self
+                .jar
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req = req.add_header("cookie", header, true);
+        }
+        let mut res = req.send(&*self.service).await;
+        let set_cookies: Vec<Cookie<'static>> = res.cookies().delta().cloned().collect();
+        for c in &set_cookies {
+            let expired = c.max_age().is_some_and(|a| a.is_zero() || a.is_negative());
+            if expired || c.value().is_empty() {
+                self.jar.remove(c.name());
+            } else {
+                self.jar.insert(c.name().to_owned(), c.value().to_owned());
+            }
+        }
+        let body = res.take_string().await.unwrap_or_default();
+        Reply {
+            status: res.status_code.unwrap_or(StatusCode::OK),
+            body,
+            set_cookies,
+            headers: res.headers().clone(),
+        }
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.jar.get(name).cloned()
+    }
+}

@@ -1,0 +1,995 @@
+//! The session middleware through real HTTP requests (salvo's `TestClient`): macaron's own test
+//! flows, every macaron bug we fix, and SECURITY.md's lifecycle and cookie rules.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{Browser, Slow, router, service};
+use salvo::http::StatusCode;
+use salvo::http::header::HeaderValue;
+use salvo::prelude::*;
+use salvo::test::TestClient;
+use sessioner::provider::memory::MemoryProvider;
+use sessioner::{
+    ChangeSet, Clock, Error, Options, Provider, Record, Regenerated, SameSite, SessionDepotExt,
+    SessionId, register,
+};
+use tempfile::TempDir;
+use tokio::sync::Notify;
+
+const C: &str = "sessioner";
+
+fn memory() -> Options {
+    Options {
+        provider: "memory".into(),
+        ..Default::default()
+    }
+}
+
+fn file(dir: &TempDir) -> Options {
+    Options {
+        provider: "file".into(),
+        provider_config: dir.path().join("s").to_string_lossy().into_owned(),
+        ..Default::default()
+    }
+}
+
+/// An error body may be Salvo's generic error page, but never carries backend or session detail.
+fn assert_opaque(body: &str) {
+    for leak in [
+        "secret",
+        "10.0.0.7",
+        "disk full",
+        "flaky",
+        "memory",
+        "session",
+        "full",
+        "invalid",
+    ] {
+        assert!(
+            !body.to_lowercase().contains(leak),
+            "error body leaks {leak:?}: {body}"
+        );
+    }
+}
+
+/// Runs `flow` once per built-in provider.
+async fn each_provider<F, Fut>(flow: F)
+where
+    F: Fn(Options) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    flow(memory()).await;
+    let dir = tempfile::tempdir().unwrap();
+    flow(file(&dir)).await;
+}
+
+#[tokio::test]
+async fn macaron_flow_set_regenerate_then_read_delete_destroy() {
+    each_provider(|options| async move {
+        let svc = service(options);
+        let mut b = Browser::new(svc.clone());
+        let r = b.get("/set?key=uname&value=unknwon").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let a = b.cookie(C).expect("a new session sets its cookie");
+        assert_eq!(a.len(), 32);
+        let r = b.get("/get?key=uname").await;
+        assert_eq!(r.body, "unknwon");
+        assert!(
+            r.set_cookies.is_empty(),
+            "an existing session must not re-send its cookie"
+        );
+
+        let r = b.get("/regenerate").await;
+        let new = b.cookie(C).unwrap();
+        assert_ne!(new, a);
+        assert_eq!(r.body, new);
+        assert_eq!(
+            b.get("/get?key=uname").await.body,
+            "unknwon",
+            "data carried over"
+        );
+        assert_eq!(
+            Browser::with_cookie(svc.clone(), C, &a)
+                .get("/get?key=uname")
+                .await
+                .body,
+            "none",
+            "old id dead"
+        );
+
+        b.get("/delete?key=uname").await;
+        assert_eq!(b.get("/get?key=uname").await.body, "none");
+        b.get("/set?key=uname&value=again").await;
+        assert_eq!(b.get("/count").await.body, "1");
+        let r = b.get("/destroy").await;
+        assert!(
+            r.cookie(C).is_some_and(|c| c.value().is_empty()),
+            "destroy clears the cookie"
+        );
+        assert_eq!(
+            Browser::with_cookie(svc.clone(), C, &new)
+                .get("/get?key=uname")
+                .await
+                .body,
+            "none"
+        );
+        assert_eq!(Browser::new(svc).get("/count").await.body, "0");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn regenerating_a_session_created_in_the_same_request() {
+    each_provider(|options| async move {
+        let svc = service(options);
+        let mut b = Browser::new(svc);
+        let r = b.get("/set_then_regenerate?key=k&value=v").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            b.cookie(C).unwrap(),
+            r.body,
+            "the cookie names the regenerated id"
+        );
+        assert_eq!(b.get("/get?key=k").await.body, "v");
+        assert_eq!(b.get("/count").await.body, "1");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn gc_removes_sessions_idle_past_their_lifetime() {
+    each_provider(|options| async move {
+        let clock = Clock::manual();
+        let svc = service(Options {
+            clock: clock.clone(),
+            max_lifetime: Some(Duration::from_secs(60)),
+            ..options
+        });
+        for i in 0..5 {
+            Browser::new(svc.clone())
+                .get(&format!("/set?key=k&value={i}"))
+                .await;
+        }
+        let mut admin = Browser::new(svc);
+        assert_eq!(admin.get("/count").await.body, "5");
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(
+            admin.get("/count").await.body,
+            "0",
+            "count sees only live sessions"
+        );
+        assert_eq!(
+            admin.get("/gc").await.body,
+            "5",
+            "gc removes every expired record"
+        );
+        assert_eq!(admin.get("/gc").await.body, "0");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn background_gc_runs_every_gc_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual();
+    let svc = service(Options {
+        clock: clock.clone(),
+        max_lifetime: Some(Duration::from_secs(60)),
+        gc_interval: Some(Duration::from_millis(20)),
+        ..file(&dir)
+    });
+    Browser::new(svc.clone()).get("/set?key=k&value=v").await;
+    let files = || walk(&dir.path().join("s"));
+    assert_eq!(files(), 1);
+    clock.advance(Duration::from_secs(61));
+    // Nothing but the background task deletes the file: wait for it, bounded at 10 s.
+    for _ in 0..500 {
+        if files() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the background GC never removed the expired record");
+}
+
+/// Record files below a file-provider root.
+fn walk(root: &Path) -> usize {
+    std::fs::read_dir(root)
+        .unwrap()
+        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum()
+}
+
+#[tokio::test]
+async fn read_parses_the_id_strictly() {
+    let svc = service(memory());
+    let mut b = Browser::new(svc.clone());
+    b.get("/set?key=k&value=secret").await;
+    let sid = b.cookie(C).unwrap();
+    let r = Browser::new(svc.clone())
+        .get(&format!("/read?sid={sid}&key=k"))
+        .await;
+    assert_eq!(r.body, "secret");
+    let r = Browser::new(svc.clone()).get("/read?sid=../x&key=k").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_opaque(&r.body);
+    assert_eq!(
+        Browser::new(svc)
+            .get(&format!("/read?sid={}&key=k", "0".repeat(32)))
+            .await
+            .body,
+        "absent"
+    );
+}
+
+#[tokio::test]
+async fn s2_hostile_cookies_are_treated_as_no_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(file(&dir));
+    let long = "a".repeat(10_000);
+    let hostile = [
+        "../../etc/passwd",
+        "..\\x",
+        "%2e%2e%2f",
+        "a",
+        long.as_str(),
+        "%00",
+        "0123456789ABCDEF0123456789ABCDEF",
+        "../s/../../x",
+    ];
+    for value in hostile {
+        let mut b = Browser::with_cookie(svc.clone(), C, value);
+        assert_eq!(b.get("/get?key=k").await.body, "none");
+        let r = b.get("/set?key=k&value=v").await;
+        assert_eq!(r.status, StatusCode::OK, "{value:?}");
+        let issued = r
+            .cookie(C)
+            .expect("a fresh id is issued")
+            .value()
+            .to_owned();
+        assert!(SessionId::parse(&issued, 32).is_ok());
+    }
+    let mut non_ascii = TestClient::get("http://127.0.0.1:5800/set?key=k&value=v")
+        .add_header(
+            "cookie",
+            HeaderValue::from_bytes(b"sessioner=caf\xc3\xa9").unwrap(),
+            true,
+        )
+        .send(&*svc)
+        .await;
+    assert_eq!(
+        non_ascii.status_code.unwrap_or(StatusCode::OK),
+        StatusCode::OK
+    );
+    assert!(non_ascii.cookies().get(C).is_some());
+    let _ = salvo::test::ResponseExt::take_string(&mut non_ascii).await;
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        entries,
+        ["s"],
+        "nothing is written outside the store directory"
+    );
+}
+
+#[tokio::test]
+async fn s3_a_planted_id_is_never_adopted() {
+    each_provider(|options| async move {
+        let planted = "0123456789abcdef0123456789abcdef";
+        let mut b = Browser::with_cookie(service(options), C, planted);
+        let r = b.get("/set?key=k&value=v").await;
+        let issued = r.cookie(C).expect("a new id").value().to_owned();
+        assert_ne!(issued, planted);
+        assert_eq!(b.get("/get?key=k").await.body, "v");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn s6_the_id_is_read_from_the_cookie_only() {
+    let svc = service(memory());
+    let mut b = Browser::new(svc.clone());
+    b.get("/set?key=k&value=v").await;
+    let sid = b.cookie(C).unwrap();
+    let r = Browser::new(svc.clone())
+        .get(&format!("/get?key=k&{C}={sid}"))
+        .await;
+    assert_eq!(r.body, "none");
+    let mut r = TestClient::get("http://127.0.0.1:5800/get?key=k")
+        .add_header(C, sid.as_str(), true)
+        .send(&*svc)
+        .await;
+    assert_eq!(
+        salvo::test::ResponseExt::take_string(&mut r).await.unwrap(),
+        "none"
+    );
+}
+
+#[tokio::test]
+async fn bug2_l1_regenerate_kills_the_old_id_and_moves_everything() {
+    each_provider(|options| async move {
+        let svc = service(options);
+        let mut b = Browser::new(svc.clone());
+        b.get("/set?key=before&value=1").await;
+        let old = b.cookie(C).unwrap();
+        b.get("/regenerate?key=after&value=2").await;
+        let new = b.cookie(C).unwrap();
+        assert_ne!(old, new);
+        assert_eq!(b.get("/get?key=before").await.body, "1");
+        assert_eq!(b.get("/get?key=after").await.body, "2");
+        let mut replay = Browser::with_cookie(svc.clone(), C, &old);
+        assert_eq!(replay.get("/get?key=before").await.body, "none");
+        assert_eq!(replay.get("/get?key=after").await.body, "none");
+        assert_eq!(b.get("/count").await.body, "1", "one session, not two");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bug3_l2_destroy_is_final_and_the_deletion_cookie_repeats_every_attribute() {
+    each_provider(|options| async move {
+        let svc = service(Options {
+            secure: Some(true),
+            domain: "example.com".into(),
+            cookie_path: "/".into(),
+            same_site: Some(SameSite::Strict),
+            ..options
+        });
+        let mut b = Browser::new(svc.clone());
+        b.get("/set?key=user&value=ann").await;
+        let old = b.cookie(C).unwrap();
+        assert_eq!(b.get("/count").await.body, "1");
+        let r = b.get("/destroy").await;
+        let gone = r.cookie(C).expect("a deletion cookie");
+        assert_eq!(gone.value(), "");
+        assert_eq!(
+            gone.max_age(),
+            Some(salvo::http::cookie::time::Duration::ZERO)
+        );
+        assert_eq!(gone.path(), Some("/"));
+        assert_eq!(gone.domain(), Some("example.com"));
+        assert_eq!(gone.secure(), Some(true));
+        assert_eq!(gone.http_only(), Some(true));
+        assert_eq!(
+            gone.same_site(),
+            Some(salvo::http::cookie::SameSite::Strict)
+        );
+        let mut replay = Browser::with_cookie(svc.clone(), C, &old);
+        assert_eq!(replay.get("/get?key=user").await.body, "none");
+        assert_eq!(replay.get("/count").await.body, "0");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bug4_flush_and_deleting_the_last_key_are_saved() {
+    each_provider(|options| async move {
+        let mut b = Browser::new(service(options));
+        b.get("/set?key=only&value=1").await;
+        b.get("/delete?key=only").await;
+        assert_eq!(b.get("/get?key=only").await.body, "none");
+        b.get("/set?key=a&value=1").await;
+        b.get("/set?key=b&value=2").await;
+        b.get("/flush").await;
+        assert_eq!(b.get("/get?key=a").await.body, "none");
+        assert_eq!(b.get("/get?key=b").await.body, "none");
+        assert_ne!(b.get("/id").await.body, "none", "flush keeps the session");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bug6_odd_id_lengths_keep_their_session() {
+    each_provider(|options| async move {
+        let mut b = Browser::new(service(Options {
+            id_length: Some(17),
+            ..options
+        }));
+        b.get("/set?key=k&value=v").await;
+        assert_eq!(b.cookie(C).unwrap().len(), 17);
+        let r = b.get("/get?key=k").await;
+        assert_eq!(r.body, "v");
+        assert!(
+            r.set_cookies.is_empty(),
+            "the odd-length id was accepted back"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn c1_bug7_every_cookie_carries_the_full_attribute_set() {
+    let svc = service(Options {
+        secure: Some(true),
+        domain: "example.com".into(),
+        cookie_path: "/app".into(),
+        same_site: Some(SameSite::Strict),
+        cookie_lifetime: Some(Duration::from_secs(600)),
+        cookie_name: "sid".into(),
+        ..memory()
+    });
+    let mut b = Browser::new(svc);
+    let created = b
+        .get("/set?key=k&value=v")
+        .await
+        .cookie("sid")
+        .unwrap()
+        .clone();
+    let regenerated = b.get("/regenerate").await.cookie("sid").unwrap().clone();
+    let deleted = b.get("/destroy").await.cookie("sid").unwrap().clone();
+    for c in [&created, &regenerated, &deleted] {
+        assert_eq!(c.http_only(), Some(true), "{c}");
+        assert_eq!(c.secure(), Some(true), "{c}");
+        assert_eq!(c.domain(), Some("example.com"), "{c}");
+        assert_eq!(c.path(), Some("/app"), "{c}");
+        assert_eq!(
+            c.same_site(),
+            Some(salvo::http::cookie::SameSite::Strict),
+            "{c}"
+        );
+    }
+    let ten_minutes = Some(salvo::http::cookie::time::Duration::seconds(600));
+    assert_eq!(created.max_age(), ten_minutes);
+    assert_eq!(regenerated.max_age(), ten_minutes);
+    assert_eq!(
+        deleted.max_age(),
+        Some(salvo::http::cookie::time::Duration::ZERO)
+    );
+}
+
+#[tokio::test]
+async fn c1_defaults_are_httponly_lax_path_root_and_a_browser_session_cookie() {
+    let mut b = Browser::new(service(memory()));
+    let r = b.get("/set?key=k&value=v").await;
+    let c = r.cookie(C).unwrap();
+    assert_eq!(c.http_only(), Some(true));
+    assert_eq!(c.same_site(), Some(salvo::http::cookie::SameSite::Lax));
+    assert_eq!(c.path(), Some("/"));
+    assert_eq!(c.secure(), None);
+    assert_eq!(c.domain(), None);
+    assert_eq!(c.max_age(), None, "no Max-Age: a browser-session cookie");
+}
+
+#[tokio::test]
+async fn c2_responses_that_set_or_clear_the_cookie_are_not_cached() {
+    let mut b = Browser::new(service(memory()));
+    for path in ["/set?key=k&value=v", "/regenerate", "/destroy"] {
+        let r = b.get(path).await;
+        assert!(!r.set_cookies.is_empty(), "{path}");
+        assert_eq!(
+            r.headers.get("cache-control").unwrap(),
+            "no-store",
+            "{path}"
+        );
+    }
+    assert!(b.get("/hello").await.headers.get("cache-control").is_none());
+}
+
+#[tokio::test]
+async fn c3_bad_cookie_options_are_configuration_errors() {
+    for name in ["a;b", "a b", "", "a=b"] {
+        let r = sessioner::try_sessioner(Options {
+            cookie_name: name.into(),
+            ..Options {
+                cookie_name: "x".into(),
+                ..memory()
+            }
+        });
+        if name.is_empty() {
+            continue; // empty means "unset": the default name applies
+        }
+        assert!(
+            matches!(
+                r,
+                Err(Error::InvalidOption {
+                    option: "COOKIE_NAME",
+                    ..
+                })
+            ),
+            "{name:?}"
+        );
+    }
+    assert!(matches!(
+        sessioner::try_sessioner(Options {
+            cookie_path: "/a;b".into(),
+            ..memory()
+        }),
+        Err(Error::InvalidOption { .. })
+    ));
+    assert!(matches!(
+        sessioner::try_sessioner(Options {
+            domain: "a b".into(),
+            ..memory()
+        }),
+        Err(Error::InvalidOption { .. })
+    ));
+    assert!(matches!(
+        sessioner::try_sessioner(Options {
+            provider: "nope".into(),
+            ..memory()
+        }),
+        Err(Error::UnknownProvider(_))
+    ));
+    assert!(matches!(
+        sessioner::try_sessioner(Options {
+            id_length: Some(8),
+            ..memory()
+        }),
+        Err(Error::InvalidOption {
+            option: "ID_LENGTH",
+            ..
+        })
+    ));
+    assert!(matches!(
+        sessioner::try_sessioner(Options {
+            provider_config: "max_sessions=lots".into(),
+            ..memory()
+        }),
+        Err(Error::ProviderConfig { .. })
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("f");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let r = sessioner::try_sessioner(Options {
+        provider: "file".into(),
+        provider_config: not_a_dir.join("s").to_string_lossy().into(),
+        ..Default::default()
+    });
+    assert!(matches!(r, Err(Error::ProviderConfig { .. })));
+}
+
+#[tokio::test]
+async fn options_come_from_an_ini_section_and_code_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("app.ini");
+    std::fs::write(&ini, "[web]\nPROVIDER = memory\nCOOKIE_NAME = from_ini\nID_LENGTH = 20\nCOOKIE_LIFE_TIME = 60\nSECURE = true\n").unwrap();
+    let opts = Options {
+        section: "web".into(),
+        config_file: Some(ini),
+        ..Default::default()
+    };
+    let mut b = Browser::new(service(opts.clone()));
+    let r = b.get("/set?key=k&value=v").await;
+    let c = r.cookie("from_ini").expect("cookie name from the ini");
+    assert_eq!(c.value().len(), 20);
+    assert_eq!(
+        c.max_age(),
+        Some(salvo::http::cookie::time::Duration::seconds(60))
+    );
+    assert_eq!(c.secure(), Some(true));
+    let mut b = Browser::new(service(Options {
+        cookie_name: "from_code".into(),
+        secure: Some(false),
+        ..opts
+    }));
+    let r = b.get("/set?key=k&value=v").await;
+    assert!(r.cookie("from_code").is_some_and(|c| c.secure().is_none()));
+}
+
+#[tokio::test]
+async fn bug8_file_records_are_private_atomic_and_named_by_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Browser::new(service(file(&dir)));
+    b.get("/set?key=k&value=v").await;
+    b.get("/set?key=k2&value=v2").await;
+    let sid = b.cookie(C).unwrap();
+    let root = dir.path().join("s");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700);
+    let mut files = 0;
+    for sub in std::fs::read_dir(&root).unwrap() {
+        let sub = sub.unwrap().path();
+        assert_eq!(mode(&sub), 0o700);
+        for f in std::fs::read_dir(&sub).unwrap() {
+            let f = f.unwrap().path();
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(mode(&f), 0o600);
+            assert!(
+                !name.contains(&sid),
+                "file names never derive from the cookie"
+            );
+            assert!(!name.ends_with(".tmp"), "no temporary file left behind");
+            files += 1;
+        }
+    }
+    assert_eq!(files, 1);
+}
+
+#[tokio::test]
+async fn bug9_l6_visitors_who_only_read_create_nothing() {
+    each_provider(|options| async move {
+        let svc = service(options);
+        for i in 0..300 {
+            let mut b = Browser::new(svc.clone());
+            let r = b
+                .get(if i % 2 == 0 { "/get?key=k" } else { "/hello" })
+                .await;
+            assert!(r.set_cookies.is_empty());
+        }
+        let mut b = Browser::with_cookie(svc.clone(), C, &"ab".repeat(16));
+        assert!(b.get("/get?key=k").await.set_cookies.is_empty());
+        assert_eq!(Browser::new(svc).get("/count").await.body, "0");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bug10_l4_expired_sessions_are_unreadable_before_gc() {
+    each_provider(|options| async move {
+        let clock = Clock::manual();
+        let svc = service(Options {
+            clock: clock.clone(),
+            max_lifetime: Some(Duration::from_secs(1)),
+            gc_interval: Some(Duration::from_secs(3600)),
+            ..options
+        });
+        let mut b = Browser::new(svc);
+        b.get("/set?key=k&value=v").await;
+        assert_eq!(b.get("/get?key=k").await.body, "v");
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(b.get("/get?key=k").await.body, "none");
+        // Writing now starts a new session under a new id.
+        let old = b.cookie(C).unwrap();
+        b.get("/set?key=k&value=w").await;
+        assert_ne!(b.cookie(C).unwrap(), old);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reads_keep_an_active_session_alive() {
+    each_provider(|options| async move {
+        let clock = Clock::manual();
+        let mut b = Browser::new(service(Options {
+            clock: clock.clone(),
+            max_lifetime: Some(Duration::from_secs(10)),
+            ..options
+        }));
+        b.get("/set?key=k&value=v").await;
+        for _ in 0..5 {
+            clock.advance(Duration::from_secs(6));
+            assert_eq!(
+                b.get("/get?key=k").await.body,
+                "v",
+                "a read refreshes the idle deadline"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn l5_the_absolute_lifetime_is_not_extended_by_activity() {
+    each_provider(|options| async move {
+        let clock = Clock::manual();
+        let mut b = Browser::new(service(Options {
+            clock: clock.clone(),
+            max_lifetime: Some(Duration::from_secs(10)),
+            absolute_lifetime: Some(Duration::from_secs(5)),
+            ..options
+        }));
+        b.get("/set?key=k&value=v").await;
+        for _ in 0..4 {
+            clock.advance(Duration::from_secs(1));
+            assert_eq!(b.get("/get?key=k").await.body, "v");
+            b.get("/set?key=touch&value=1").await;
+        }
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(
+            b.get("/get?key=k").await.body,
+            "none",
+            "gone after the absolute lifetime"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bug14_l7_concurrent_requests_changing_different_keys_all_persist() {
+    each_provider(|options| async move {
+        let svc = service(options);
+        let mut b = Browser::new(svc.clone());
+        b.get("/set?key=base&value=0").await;
+        let sid = b.cookie(C).unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let (svc, sid) = (svc.clone(), sid.clone());
+                tokio::spawn(async move {
+                    Browser::with_cookie(svc, C, &sid)
+                        .get(&format!("/set?key=k{i}&value={i}"))
+                        .await
+                        .status
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), StatusCode::OK);
+        }
+        for i in 0..20 {
+            assert_eq!(b.get(&format!("/get?key=k{i}")).await.body, i.to_string());
+        }
+        assert_eq!(b.get("/get?key=base").await.body, "0");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn l3_a_slow_request_cannot_revive_a_logged_out_session() {
+    each_provider(|options| async move {
+        let (loaded, proceed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let slow = Slow {
+            loaded: loaded.clone(),
+            proceed: proceed.clone(),
+        };
+        let handler = options.build().unwrap();
+        let svc = Arc::new(Service::new(
+            router(handler).push(Router::with_path("slow").get(slow)),
+        ));
+        let mut b = Browser::new(svc.clone());
+        b.get("/set?key=user&value=ann").await;
+        let sid = b.cookie(C).unwrap();
+        let slow_req = {
+            let (svc, sid) = (svc.clone(), sid.clone());
+            tokio::spawn(async move {
+                Browser::with_cookie(svc, C, &sid)
+                    .get("/slow?key=cart&value=1")
+                    .await
+            })
+        };
+        loaded.notified().await;
+        b.get("/destroy").await;
+        proceed.notify_one();
+        let r = slow_req.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            r.set_cookies.is_empty(),
+            "the slow request must not hand out a session"
+        );
+        let mut replay = Browser::with_cookie(svc.clone(), C, &sid);
+        assert_eq!(replay.get("/get?key=user").await.body, "none");
+        assert_eq!(replay.get("/get?key=cart").await.body, "none");
+        assert_eq!(replay.get("/count").await.body, "0");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn websocket_upgrades_can_skip_the_save() {
+    let svc = service(Options {
+        ignore_release_for_websocket: Some(true),
+        ..memory()
+    });
+    let res = TestClient::get("http://127.0.0.1:5800/set?key=k&value=v")
+        .add_header("upgrade", "websocket", true)
+        .send(&*svc)
+        .await;
+    assert!(res.cookies().get(C).is_none());
+    assert_eq!(Browser::new(svc).get("/count").await.body, "0");
+}
+
+#[tokio::test]
+async fn r6_a_full_memory_store_refuses_newcomers_and_keeps_everyone_else() {
+    let svc = service(Options {
+        provider_config: "max_sessions=3".into(),
+        ..memory()
+    });
+    let mut first = Browser::new(svc.clone());
+    first.get("/set?key=user&value=ann").await;
+    for _ in 0..2 {
+        Browser::new(svc.clone()).get("/set?key=k&value=v").await;
+    }
+    let r = Browser::new(svc.clone()).get("/set?key=k&value=v").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_opaque(&r.body);
+    assert!(r.set_cookies.is_empty());
+    assert_eq!(first.get("/get?key=user").await.body, "ann");
+    first.get("/set?key=more&value=1").await;
+    assert_eq!(first.get("/get?key=more").await.body, "1");
+}
+
+#[tokio::test]
+async fn r3_a_corrupt_record_is_removed_and_the_visitor_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Browser::new(service(file(&dir)));
+    b.get("/set?key=k&value=v").await;
+    let sid = b.cookie(C).unwrap();
+    let key = SessionId::parse(&sid, 32).unwrap().storage_key();
+    let path = dir.path().join("s").join(&key[..2]).join(&key);
+    std::fs::write(&path, b"garbage").unwrap();
+    let r = b.get("/get?key=k").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "none"));
+    assert!(!path.exists(), "the corrupt record was removed");
+    let r = b.get("/set?key=k&value=w").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_ne!(b.cookie(C).unwrap(), sid);
+    assert_eq!(b.get("/get?key=k").await.body, "w");
+}
+
+/// A provider that fails on demand: `down` makes every call unavailable, `save_fails` breaks saves.
+#[derive(Debug)]
+struct Flaky {
+    inner: MemoryProvider,
+    down: Arc<AtomicBool>,
+    save_fails: Arc<AtomicBool>,
+}
+
+impl Flaky {
+    fn check(&self) -> sessioner::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable {
+                provider: "flaky",
+                source: "connection refused: 10.0.0.7:6379 secret".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Provider for Flaky {
+    async fn load(&self, id: &SessionId) -> sessioner::Result<Option<Record>> {
+        self.check()?;
+        self.inner.load(id).await
+    }
+    async fn create(&self, id: &SessionId, record: &Record) -> sessioner::Result<bool> {
+        self.check()?;
+        self.inner.create(id, record).await
+    }
+    async fn save(&self, id: &SessionId, changes: &ChangeSet) -> sessioner::Result<bool> {
+        self.check()?;
+        if self.save_fails.load(Ordering::SeqCst) {
+            return Err(Error::Backend {
+                provider: "flaky",
+                source: "disk full at /secret/path".into(),
+            });
+        }
+        self.inner.save(id, changes).await
+    }
+    async fn destroy(&self, id: &SessionId) -> sessioner::Result<()> {
+        self.check()?;
+        self.inner.destroy(id).await
+    }
+    async fn regenerate(&self, old: &SessionId, new: &SessionId) -> sessioner::Result<Regenerated> {
+        self.check()?;
+        self.inner.regenerate(old, new).await
+    }
+    async fn count(&self) -> sessioner::Result<usize> {
+        self.inner.count().await
+    }
+}
+
+#[tokio::test]
+async fn r1_r2_bug12_backend_failures_are_opaque_http_errors_and_recover() {
+    let down = Arc::new(AtomicBool::new(false));
+    let save_fails = Arc::new(AtomicBool::new(false));
+    let (d, s) = (down.clone(), save_fails.clone());
+    register("flaky-test", move |ctx| {
+        Ok(Arc::new(Flaky {
+            inner: MemoryProvider::new(100, ctx.clock.clone()),
+            down: d.clone(),
+            save_fails: s.clone(),
+        }) as Arc<dyn Provider>)
+    })
+    .unwrap();
+    assert!(matches!(
+        register("flaky-test", |_| unreachable!()),
+        Err(Error::DuplicateProvider(_))
+    ));
+    let svc = service(Options {
+        provider: "flaky-test".into(),
+        ..Default::default()
+    });
+    let mut b = Browser::new(svc);
+    b.get("/set?key=user&value=ann").await;
+    let sid = b.cookie(C).unwrap();
+
+    down.store(true, Ordering::SeqCst);
+    let r = b.get("/get?key=user").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_opaque(&r.body);
+    assert!(r.set_cookies.is_empty(), "the cookie is kept");
+    assert_eq!(
+        b.get("/hello").await.body,
+        "hello",
+        "routes that never touch the session still work"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        b.get("/get?key=user").await.body,
+        "ann",
+        "recovers when the backend returns"
+    );
+    assert_eq!(b.cookie(C).unwrap(), sid);
+
+    save_fails.store(true, Ordering::SeqCst);
+    let r = b.get("/set?key=user&value=bob").await;
+    assert_eq!(
+        r.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "a failed save is never a silent 200"
+    );
+    assert_opaque(&r.body);
+    assert!(!r.body.contains("ok"), "the handler's body is not sent");
+    save_fails.store(false, Ordering::SeqCst);
+    assert_eq!(b.get("/get?key=user").await.body, "ann");
+}
+
+/// Reports a collision on its first `create`, as if the new id were taken.
+#[derive(Debug)]
+struct CollideOnce {
+    inner: MemoryProvider,
+    collided: AtomicBool,
+}
+
+#[async_trait]
+impl Provider for CollideOnce {
+    async fn load(&self, id: &SessionId) -> sessioner::Result<Option<Record>> {
+        self.inner.load(id).await
+    }
+    async fn create(&self, id: &SessionId, record: &Record) -> sessioner::Result<bool> {
+        if !self.collided.swap(true, Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.inner.create(id, record).await
+    }
+    async fn save(&self, id: &SessionId, changes: &ChangeSet) -> sessioner::Result<bool> {
+        self.inner.save(id, changes).await
+    }
+    async fn destroy(&self, id: &SessionId) -> sessioner::Result<()> {
+        self.inner.destroy(id).await
+    }
+    async fn regenerate(&self, old: &SessionId, new: &SessionId) -> sessioner::Result<Regenerated> {
+        self.inner.regenerate(old, new).await
+    }
+    async fn count(&self) -> sessioner::Result<usize> {
+        self.inner.count().await
+    }
+}
+
+#[tokio::test]
+async fn s4_a_colliding_id_is_replaced_not_overwritten() {
+    register("collide-once-test", |ctx| {
+        Ok(Arc::new(CollideOnce {
+            inner: MemoryProvider::new(100, ctx.clock.clone()),
+            collided: AtomicBool::new(false),
+        }) as Arc<dyn Provider>)
+    })
+    .unwrap();
+    let mut b = Browser::new(service(Options {
+        provider: "collide-once-test".into(),
+        ..Default::default()
+    }));
+    let r = b.get("/set?key=k&value=v").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.cookie(C).is_some());
+    assert_eq!(b.get("/get?key=k").await.body, "v");
+    assert_eq!(b.get("/count").await.body, "1");
+}
+
+#[tokio::test]
+async fn a_route_without_the_middleware_gets_a_clear_error() {
+    #[handler]
+    async fn orphan(depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
+        depot.session()?;
+        Ok("unreachable")
+    }
+    let mut res = TestClient::get("http://127.0.0.1:5800/")
+        .send(Router::new().get(orphan))
+        .await;
+    assert_eq!(res.status_code, Some(StatusCode::INTERNAL_SERVER_ERROR));
+    assert_opaque(
+        &salvo::test::ResponseExt::take_string(&mut res)
+            .await
+            .unwrap(),
+    );
+}
