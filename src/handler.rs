@@ -8,6 +8,7 @@ use salvo::http::header::{CACHE_CONTROL, HeaderValue, UPGRADE};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 
 use crate::error::Result;
+use crate::flash::FlashMessages;
 use crate::id::SessionId;
 use crate::options::{Config, Options, SameSite};
 use crate::provider::{self, Provider, ProviderContext};
@@ -171,9 +172,17 @@ impl Handler for Sessioner {
             }
         });
         let store = Store::new(Arc::clone(&self.shared), incoming);
+        let flash = FlashMessages::new(store.clone());
         depot.insert_typed(store.clone());
+        depot.insert_typed(flash.clone());
 
         ctrl.call_next(req, depot, res).await;
+
+        if let Err(e) = flash.release().await {
+            tracing::error!(error = %e, "storing the flash failed");
+            fail(res, e.status_code());
+            return;
+        }
 
         if let Some(status) = store.failure().await {
             // The backend failed while loading: answer with its status, keep the cookie.

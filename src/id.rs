@@ -55,8 +55,7 @@ impl SessionId {
     /// ```
     pub fn parse(value: &str, length: usize) -> Result<Self> {
         if value.len() == length
-            && length >= MIN_ID_LENGTH
-            && length <= MAX_ID_LENGTH
+            && (MIN_ID_LENGTH..=MAX_ID_LENGTH).contains(&length)
             && value
                 .bytes()
                 .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

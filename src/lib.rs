@@ -54,6 +54,7 @@
 mod clock;
 mod depot;
 mod error;
+mod flash;
 mod handler;
 mod id;
 mod options;
@@ -64,6 +65,7 @@ mod store;
 pub use clock::Clock;
 pub use depot::SessionDepotExt;
 pub use error::{BoxError, Error, Result};
+pub use flash::{Flash, FlashMessages, Level};
 pub use handler::{Sessioner, sessioner, try_sessioner};
 pub use id::{DEFAULT_ID_LENGTH, MAX_ID_LENGTH, MIN_ID_LENGTH, SessionId};
 pub use options::{Options, SameSite};

@@ -1,6 +1,8 @@
 //! The session middleware through real HTTP requests (salvo's `TestClient`): macaron's own test
 //! flows, every macaron bug we fix, and SECURITY.md's lifecycle and cookie rules.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,7 @@
 //! The provider conformance suite, run against every built-in backend.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[macro_use]
 mod suite;
 

@@ -1,0 +1,296 @@
+//! Flash messages through real HTTP requests, and the demo app end to end (SECURITY.md F1-F4).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../examples/demo.rs"]
+#[allow(dead_code, clippy::all)]
+mod demo;
+
+use std::sync::Arc;
+
+use askama::Template;
+use common::Browser;
+use salvo::http::StatusCode;
+use salvo::prelude::*;
+use sessioner::{Flash, Level, Options, SessionDepotExt};
+
+const C: &str = "sessioner";
+
+#[handler]
+async fn set_next(
+    req: &mut Request,
+    depot: &mut Depot,
+    res: &mut Response,
+) -> Result<(), sessioner::Error> {
+    let msg = req.query::<String>("msg").unwrap_or_default();
+    let f = depot.flash_mut()?;
+    match req.query::<String>("level").as_deref() {
+        Some("error") => f.error(msg),
+        Some("info") => f.info(msg),
+        Some("warning") => f.warning(msg),
+        _ => f.success(msg),
+    };
+    res.render(Redirect::other("/show"));
+    Ok(())
+}
+
+#[handler]
+async fn set_now(req: &mut Request, depot: &mut Depot) -> Result<Json<Flash>, sessioner::Error> {
+    let msg = req.query::<String>("msg").unwrap_or_default();
+    let f = depot.flash_mut()?;
+    f.info_now(msg);
+    Ok(Json(f.current().await?))
+}
+
+#[handler]
+async fn show(depot: &mut Depot) -> Result<Json<Flash>, sessioner::Error> {
+    Ok(Json(depot.flash_mut()?.current().await?))
+}
+
+#[derive(Template)]
+#[template(
+    source = "<p class=ok>{{ flash.success_msg }}</p><p class=err>{{ flash.error_msg }}</p>",
+    ext = "html"
+)]
+struct Page {
+    flash: Flash,
+}
+
+#[handler]
+async fn page(depot: &mut Depot) -> Result<Text<String>, sessioner::Error> {
+    let flash = depot.flash_mut()?.current().await?;
+    Ok(Text::Html(Page { flash }.render().unwrap()))
+}
+
+#[handler]
+async fn plant(depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
+    depot.session()?.set("__sessioner.flash", &"forged").await?;
+    Ok("planted")
+}
+
+fn service() -> Arc<Service> {
+    let router = Router::new()
+        .hoop(
+            Options {
+                provider: "memory".into(),
+                ..Default::default()
+            }
+            .build()
+            .unwrap(),
+        )
+        .push(Router::with_path("set").get(set_next))
+        .push(Router::with_path("now").get(set_now))
+        .push(Router::with_path("show").get(show))
+        .push(Router::with_path("page").get(page))
+        .push(Router::with_path("plant").get(plant));
+    Arc::new(Service::new(router))
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap()
+}
+
+#[tokio::test]
+async fn f4_a_flash_survives_one_redirect_and_is_shown_exactly_once() {
+    let mut b = Browser::new(service());
+    let r = b.get("/set?msg=Saved").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.headers.get("location").unwrap(), "/show");
+    assert_eq!(json(&b.get("/show").await.body)["SuccessMsg"], "Saved");
+    assert_eq!(
+        json(&b.get("/show").await.body)["SuccessMsg"],
+        "",
+        "second GET shows nothing"
+    );
+}
+
+#[tokio::test]
+async fn every_level_round_trips_with_macaron_names() {
+    let mut b = Browser::new(service());
+    for (level, name) in [
+        ("success", "SuccessMsg"),
+        ("error", "ErrorMsg"),
+        ("info", "InfoMsg"),
+        ("warning", "WarningMsg"),
+    ] {
+        b.get(&format!("/set?level={level}&msg=m-{level}")).await;
+        let shown = json(&b.get("/show").await.body);
+        assert_eq!(shown[name], format!("m-{level}"), "{level}");
+        for other in ["SuccessMsg", "ErrorMsg", "InfoMsg", "WarningMsg"] {
+            if other != name {
+                assert_eq!(shown[other], "", "{level} leaked into {other}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_message_per_level_the_last_wins_and_levels_accumulate() {
+    let mut b = Browser::new(service());
+    b.get("/set?msg=first").await;
+    b.get("/set?msg=second").await;
+    b.get("/set?level=error&msg=oops").await;
+    let shown = json(&b.get("/show").await.body);
+    assert_eq!(
+        (shown["SuccessMsg"].as_str(), shown["ErrorMsg"].as_str()),
+        (Some("second"), Some("oops"))
+    );
+}
+
+#[tokio::test]
+async fn f4_now_messages_show_in_this_response_and_never_reach_storage() {
+    let mut b = Browser::new(service());
+    let r = b.get("/now?msg=right+now").await;
+    assert_eq!(json(&r.body)["InfoMsg"], "right now");
+    assert!(
+        r.set_cookies.is_empty(),
+        "a now-only flash stores nothing, so no session is made"
+    );
+    assert_eq!(json(&b.get("/show").await.body)["InfoMsg"], "");
+}
+
+#[tokio::test]
+async fn templates_read_the_flash_and_escape_it() {
+    let mut b = Browser::new(service());
+    b.get("/set?msg=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
+    let body = b.get("/page").await.body;
+    assert!(
+        body.contains("&#60;script&#62;") || body.contains("&lt;script&gt;"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("<script>"),
+        "F2: the message must be escaped"
+    );
+    let serialized = serde_json::to_value(Flash {
+        success_msg: "ok".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        serialized["SuccessMsg"], "ok",
+        "serde-driven engines read Flash.SuccessMsg"
+    );
+    let mut f = Flash::default();
+    *f.slot(Level::Warning) = "w".into();
+    assert_eq!(f.warning_msg, "w");
+}
+
+#[tokio::test]
+async fn f1_a_flash_cannot_be_planted_by_the_client() {
+    let svc = service();
+    // macaron's unsigned flash cookie is not read at all.
+    let mut b = Browser::with_cookie(svc.clone(), "macaron_flash", "success%3Dpwned");
+    assert_eq!(json(&b.get("/show").await.body)["SuccessMsg"], "");
+    // The reserved session key cannot be written through the Store API either.
+    let r = b.get("/plant").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(json(&b.get("/show").await.body)["SuccessMsg"], "");
+}
+
+#[tokio::test]
+async fn f3_long_messages_never_make_a_cookie_over_4kb() {
+    let mut b = Browser::new(service());
+    let long = "x".repeat(3_000);
+    for i in 0..50 {
+        let r = b.get(&format!("/set?msg={long}{i}")).await;
+        for c in &r.set_cookies {
+            assert!(c.to_string().len() < 4096, "oversize Set-Cookie");
+        }
+    }
+    let shown = json(&b.get("/show").await.body);
+    assert_eq!(shown["SuccessMsg"], format!("{long}49"));
+}
+
+fn demo_service() -> Arc<Service> {
+    Arc::new(Service::new(
+        demo::app(Options {
+            provider: "memory".into(),
+            ..Default::default()
+        })
+        .unwrap(),
+    ))
+}
+
+#[tokio::test]
+async fn demo_full_browser_flow() {
+    let svc = demo_service();
+    let mut b = Browser::new(svc.clone());
+    let home = b.get("/").await;
+    assert_eq!(home.status, StatusCode::OK);
+    assert!(home.body.contains("Welcome, visitor"));
+    assert!(home.body.contains(r#"<strong id="visits">1</strong>"#));
+    assert!(
+        b.get("/static/style.css")
+            .await
+            .body
+            .contains(".flash.success")
+    );
+
+    // A wrong password: an error flash, shown once, after a redirect back.
+    let r = b
+        .post_form("/login", &[("username", "demo"), ("password", "nope")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.headers.get("location").unwrap(), "/login");
+    assert!(
+        b.get("/login")
+            .await
+            .body
+            .contains("Wrong user name or password.")
+    );
+    assert!(
+        !b.get("/login")
+            .await
+            .body
+            .contains("Wrong user name or password.")
+    );
+
+    // The right password: a new id, the user stored, a success flash shown once.
+    let anonymous = b.cookie(C).unwrap();
+    let r = b
+        .post_form("/login", &[("username", "demo"), ("password", "demo")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let logged_in = b.cookie(C).unwrap();
+    assert_ne!(logged_in, anonymous, "login regenerates the session id");
+    let home = b.get("/").await;
+    assert!(home.body.contains("Welcome back, demo!"));
+    assert!(home.body.contains("Hello, demo"));
+    assert!(
+        home.body.contains(r#"<strong id="visits">2</strong>"#),
+        "the counter carried over the login"
+    );
+    let home = b.get("/").await;
+    assert!(!home.body.contains("Welcome back"));
+    assert!(home.body.contains(r#"<strong id="visits">3</strong>"#));
+
+    // A now flash shows in its own response only.
+    assert!(
+        b.get("/now")
+            .await
+            .body
+            .contains("shows in this response only")
+    );
+    assert!(
+        !b.get("/")
+            .await
+            .body
+            .contains("shows in this response only")
+    );
+
+    // Logout: destroyed, an info flash, and the old cookie is anonymous.
+    let r = b.post_form("/logout", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let home = b.get("/").await;
+    assert!(home.body.contains("You have been logged out."));
+    assert!(home.body.contains("Welcome, visitor"));
+    let mut replay = Browser::with_cookie(svc, C, &logged_in);
+    let home = replay.get("/").await;
+    assert!(
+        home.body.contains("Welcome, visitor"),
+        "the old cookie is anonymous"
+    );
+    assert!(home.body.contains(r#"<strong id="visits">1</strong>"#));
+}
