@@ -72,3 +72,8 @@ pub use options::{Options, SameSite};
 pub use provider::{Provider, ProviderContext, Regenerated, register};
 pub use record::{ChangeSet, Record};
 pub use store::{SessionData, Store};
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
