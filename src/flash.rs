@@ -70,6 +70,16 @@ impl Flash {
         }
     }
 
+    /// Encodes the flash as it is stored in the session (JSON with macaron's names).
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Decodes a stored flash; `None` when it is damaged, so a bad flash shows nothing.
+    pub fn decode(raw: &str) -> Option<Flash> {
+        serde_json::from_str(raw).ok()
+    }
+
     /// Copies every non-empty message of `other` over this one.
     fn overlay(&mut self, other: &Flash) {
         for (mine, theirs) in [
@@ -186,7 +196,7 @@ impl FlashMessages {
                     Some(raw) => {
                         self.store.delete_raw(FLASH_KEY).await?;
                         // A stored flash that does not decode shows nothing (fail closed).
-                        serde_json::from_str(&raw).unwrap_or_default()
+                        Flash::decode(&raw).unwrap_or_default()
                     }
                     None => Flash::default(),
                 };
@@ -204,11 +214,10 @@ impl FlashMessages {
             return Ok(());
         }
         let mut stored: Flash = match self.store.get_raw(FLASH_KEY).await? {
-            Some(raw) => serde_json::from_str(&raw).unwrap_or_default(),
+            Some(raw) => Flash::decode(&raw).unwrap_or_default(),
             None => Flash::default(),
         };
         stored.overlay(&next);
-        let raw = serde_json::to_string(&stored).unwrap_or_default();
-        self.store.set_raw(FLASH_KEY, raw).await
+        self.store.set_raw(FLASH_KEY, stored.encode()).await
     }
 }

@@ -151,7 +151,7 @@ async fn f4_now_messages_show_in_this_response_and_never_reach_storage() {
 }
 
 #[tokio::test]
-async fn templates_read_the_flash_and_escape_it() {
+async fn f2_templates_read_the_flash_and_escape_it() {
     let mut b = Browser::new(service());
     b.get("/set?msg=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
     let body = b.get("/page").await.body;

@@ -317,7 +317,7 @@ async fn s6_the_id_is_read_from_the_cookie_only() {
 }
 
 #[tokio::test]
-async fn bug2_l1_regenerate_kills_the_old_id_and_moves_everything() {
+async fn l1_bug2_regenerate_kills_the_old_id_and_moves_everything() {
     each_provider(|options| async move {
         let svc = service(options);
         let mut b = Browser::new(svc.clone());
@@ -337,7 +337,7 @@ async fn bug2_l1_regenerate_kills_the_old_id_and_moves_everything() {
 }
 
 #[tokio::test]
-async fn bug3_l2_destroy_is_final_and_the_deletion_cookie_repeats_every_attribute() {
+async fn l2_bug3_destroy_is_final_and_the_deletion_cookie_repeats_every_attribute() {
     each_provider(|options| async move {
         let svc = service(Options {
             secure: Some(true),
@@ -578,7 +578,7 @@ async fn options_come_from_an_ini_section_and_code_wins() {
 }
 
 #[tokio::test]
-async fn bug8_file_records_are_private_atomic_and_named_by_hash() {
+async fn s5_r4_bug8_file_records_are_private_atomic_and_named_by_hash() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Browser::new(service(file(&dir)));
     b.get("/set?key=k&value=v").await;
@@ -607,7 +607,7 @@ async fn bug8_file_records_are_private_atomic_and_named_by_hash() {
 }
 
 #[tokio::test]
-async fn bug9_l6_visitors_who_only_read_create_nothing() {
+async fn l6_bug9_visitors_who_only_read_create_nothing() {
     each_provider(|options| async move {
         let svc = service(options);
         for i in 0..300 {
@@ -625,7 +625,7 @@ async fn bug9_l6_visitors_who_only_read_create_nothing() {
 }
 
 #[tokio::test]
-async fn bug10_l4_expired_sessions_are_unreadable_before_gc() {
+async fn l4_bug10_expired_sessions_are_unreadable_before_gc() {
     each_provider(|options| async move {
         let clock = Clock::manual();
         let svc = service(Options {
@@ -696,7 +696,7 @@ async fn l5_the_absolute_lifetime_is_not_extended_by_activity() {
 }
 
 #[tokio::test]
-async fn bug14_l7_concurrent_requests_changing_different_keys_all_persist() {
+async fn l7_bug14_concurrent_requests_changing_different_keys_all_persist() {
     each_provider(|options| async move {
         let svc = service(options);
         let mut b = Browser::new(svc.clone());
@@ -870,7 +870,7 @@ impl Provider for Flaky {
 }
 
 #[tokio::test]
-async fn r1_r2_bug12_backend_failures_are_opaque_http_errors_and_recover() {
+async fn r1_r2_r9_bug12_backend_failures_are_opaque_http_errors_and_recover() {
     let down = Arc::new(AtomicBool::new(false));
     let save_fails = Arc::new(AtomicBool::new(false));
     let (d, s) = (down.clone(), save_fails.clone());
