@@ -20,6 +20,9 @@ pub mod file;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
+#[cfg(feature = "sled")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sled")))]
+pub mod sled;
 
 /// What [`Provider::regenerate`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +123,10 @@ static REGISTRY: Lazy<RwLock<HashMap<String, Factory>>> = Lazy::new(|| {
     map.insert("memory".into(), Arc::new(memory::MemoryProvider::factory));
     #[cfg(feature = "file")]
     map.insert("file".into(), Arc::new(file::FileProvider::factory));
+    #[cfg(feature = "sled")]
+    map.insert("sled".into(), Arc::new(sled::SledProvider::factory));
+    #[cfg(feature = "sled")]
+    map.insert("ledis".into(), Arc::new(sled::SledProvider::factory));
     RwLock::new(map)
 });
 

@@ -21,3 +21,13 @@ conformance!(file, {
         Arc::new(FileProvider::open(dir.path().join("s"), Clock::system()).unwrap());
     (p, dir)
 });
+
+#[cfg(feature = "sled")]
+conformance!(sled, {
+    let dir = tempfile::tempdir().unwrap();
+    let p: Arc<dyn Provider> = Arc::new(
+        sessioner::provider::sled::SledProvider::open(dir.path().join("db"), Clock::system())
+            .unwrap(),
+    );
+    (p, dir)
+});
