@@ -20,6 +20,9 @@ pub mod file;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 #[cfg(feature = "sled")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sled")))]
 pub mod sled;
@@ -127,6 +130,8 @@ static REGISTRY: Lazy<RwLock<HashMap<String, Factory>>> = Lazy::new(|| {
     map.insert("sled".into(), Arc::new(sled::SledProvider::factory));
     #[cfg(feature = "sled")]
     map.insert("ledis".into(), Arc::new(sled::SledProvider::factory));
+    #[cfg(feature = "redis")]
+    map.insert("redis".into(), Arc::new(redis::RedisProvider::factory));
     RwLock::new(map)
 });
 

@@ -31,3 +31,20 @@ conformance!(sled, {
     );
     (p, dir)
 });
+
+#[cfg(feature = "redis")]
+#[path = "../support/redis_server.rs"]
+mod redis_server;
+
+#[cfg(feature = "redis")]
+conformance!(redis, {
+    let server = redis_server::RedisServer::start();
+    let config = format!(
+        "{}?prefix={}",
+        server.url(),
+        redis_server::unique_prefix("conformance")
+    );
+    let p: Arc<dyn Provider> =
+        Arc::new(sessioner::provider::redis::RedisProvider::new(&config, Clock::system()).unwrap());
+    (p, server)
+});
