@@ -47,6 +47,8 @@
 //! |---|---|---|
 //! | `memory` | `memory` (default) | empty, or `max_sessions=N` |
 //! | `file` | `file` (default) | a directory, e.g. `data/sessions` |
+//! | `sled`, alias `ledis` | `sled` (default) | a directory, e.g. `data/sessions.sled`, or `data_dir=<dir>` |
+//! | `redis` | `redis` | `addr=127.0.0.1:6379,password=..,db=0,prefix=..`, or a `redis://` / `rediss://` URL (`?prefix=..`) |
 //!
 //! Register your own with [`register`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
