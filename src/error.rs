@@ -112,6 +112,10 @@ impl Error {
         }
     }
 
+    #[cfg_attr(
+        not(any(feature = "file", feature = "sled", feature = "redis")),
+        allow(dead_code)
+    )]
     pub(crate) fn unavailable(provider: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Unavailable {
             provider,

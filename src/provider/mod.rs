@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::id::SessionId;
 use crate::record::{ChangeSet, Record};
 
+#[cfg(any(feature = "file", feature = "sled"))]
 mod blocking;
 #[cfg(feature = "file")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file")))]

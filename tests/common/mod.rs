@@ -1,6 +1,7 @@
 //! Test support: a small app over the session API and a browser-like client with a cookie jar.
 #![allow(dead_code)]
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -230,5 +231,84 @@ impl Browser {
 
     pub fn cookie(&self, name: &str) -> Option<String> {
         self.jar.get(name).cloned()
+    }
+}
+
+#[cfg(feature = "redis")]
+#[path = "../support/redis_server.rs"]
+pub mod redis_server;
+
+/// A backend for one test: its options, and whatever must live as long as it (a temporary
+/// directory, a private redis-server).
+pub struct Backend {
+    pub name: &'static str,
+    pub options: Options,
+    pub guard: Box<dyn Any>,
+}
+
+/// Every built-in provider the enabled features offer, each on fresh storage.
+pub fn backends() -> Vec<Backend> {
+    let mut all = vec![Backend {
+        name: "memory",
+        options: Options {
+            provider: "memory".into(),
+            ..Default::default()
+        },
+        guard: Box::new(()),
+    }];
+    let dir = tempfile::tempdir().unwrap();
+    all.push(Backend {
+        name: "file",
+        options: Options {
+            provider: "file".into(),
+            provider_config: dir.path().join("s").to_string_lossy().into(),
+            ..Default::default()
+        },
+        guard: Box::new(dir),
+    });
+    #[cfg(feature = "sled")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        all.push(Backend {
+            name: "sled",
+            options: Options {
+                provider: "sled".into(),
+                provider_config: dir.path().join("db").to_string_lossy().into(),
+                ..Default::default()
+            },
+            guard: Box::new(dir),
+        });
+    }
+    #[cfg(feature = "redis")]
+    {
+        let server = redis_server::RedisServer::start();
+        let config = format!(
+            "{}?prefix={}",
+            server.url(),
+            redis_server::unique_prefix("http")
+        );
+        all.push(Backend {
+            name: "redis",
+            options: Options {
+                provider: "redis".into(),
+                provider_config: config,
+                ..Default::default()
+            },
+            guard: Box::new(server),
+        });
+    }
+    all
+}
+
+/// Runs `flow` once per backend, naming the backend when it fails.
+pub async fn each_provider<F, Fut>(flow: F)
+where
+    F: Fn(Options) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for backend in backends() {
+        eprintln!("-- provider {}", backend.name);
+        flow(backend.options.clone()).await;
+        drop(backend.guard);
     }
 }
