@@ -196,5 +196,21 @@ async fn main() {
         .unwrap_or(5800);
     let acceptor = TcpListener::new(("127.0.0.1", port)).bind().await;
     println!("sessioner demo on http://127.0.0.1:{port}  (log in as demo / demo)");
-    Server::new(acceptor).serve(router).await;
+    let server = Server::new(acceptor);
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        handle.stop_graceful(std::time::Duration::from_secs(5));
+    });
+    // When `serve` returns, the router and its session store are dropped, which flushes sled.
+    server.serve(router).await;
+}
+
+/// Ctrl-C or SIGTERM: stop gracefully so the last saves reach the disk.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
 }
