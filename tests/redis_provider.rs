@@ -67,7 +67,7 @@ fn all_keys(server: &RedisServer) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn keys_are_prefixed_hashes_never_cookie_values() {
+async fn s5_redis_keys_are_prefixed_hashes_never_cookie_values() {
     let server = RedisServer::start();
     let prefix = unique_prefix("s5");
     let p = provider(&server, &prefix, "");
@@ -102,7 +102,7 @@ async fn keys_are_prefixed_hashes_never_cookie_values() {
 }
 
 #[tokio::test]
-async fn count_sees_only_this_prefix() {
+async fn bug11_redis_count_sees_only_this_prefix() {
     let server = RedisServer::start();
     let prefix = unique_prefix("count");
     let p = provider(&server, &prefix, "");
@@ -146,7 +146,7 @@ async fn count_sees_only_this_prefix() {
 }
 
 #[tokio::test]
-async fn wrong_typed_key_is_corrupt_not_a_crash() {
+async fn r3_a_wrong_typed_redis_key_is_corrupt_not_a_crash() {
     let server = RedisServer::start();
     let prefix = unique_prefix("corrupt");
     let p = provider(&server, &prefix, "");
@@ -198,7 +198,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_is_unavailable_then_recovers() {
+async fn r1_redis_outage_is_unavailable_then_recovers() {
     let mut server = RedisServer::start();
     let prefix = unique_prefix("outage");
     let p = provider(&server, &prefix, "&timeout_ms=1000");
@@ -230,7 +230,7 @@ async fn outage_is_unavailable_then_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn down_at_startup_then_up() {
+async fn r1_redis_down_at_startup_then_up() {
     let mut server = RedisServer::start();
     server.stop();
     let prefix = unique_prefix("startup");
@@ -251,7 +251,7 @@ async fn down_at_startup_then_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paused_server_times_out() {
+async fn r5_a_paused_redis_times_out() {
     let server = RedisServer::start();
     let prefix = unique_prefix("pause");
     let p = provider(&server, &prefix, "&timeout_ms=500");

@@ -121,7 +121,7 @@ async fn a_held_directory_is_a_configuration_error() {
 }
 
 #[tokio::test]
-async fn stored_keys_never_equal_cookie_values() {
+async fn s5_sled_keys_never_equal_cookie_values() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let clock = Clock::system();
@@ -157,7 +157,7 @@ async fn stored_keys_never_equal_cookie_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gc_walks_the_expiry_index_in_batches() {
+async fn r7_sled_gc_walks_the_expiry_index_in_batches() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual();
     let p = SledProvider::open(dir.path().join("db"), clock.clone()).unwrap();
