@@ -181,6 +181,20 @@ async fn show_flash(depot: &mut Depot) -> Result<String, sessioner::Error> {
     Ok(depot.flash_mut()?.current().await?.success_msg)
 }
 
+/// The test app plus `/flash` (sets a flash, redirects) and `/show`, over files in `root`.
+fn flash_app(root: &std::path::Path) -> Arc<Service> {
+    let options = Options {
+        provider: "file".into(),
+        provider_config: root.to_string_lossy().into(),
+        ..Default::default()
+    };
+    Arc::new(Service::new(
+        router(options.build().unwrap())
+            .push(Router::with_path("flash").get(flash_then_home))
+            .push(Router::with_path("show").get(show_flash)),
+    ))
+}
+
 #[tokio::test]
 async fn r8_logs_carry_no_ids_values_or_flash_texts() {
     let logs = Captured::default();
@@ -193,17 +207,7 @@ async fn r8_logs_carry_no_ids_values_or_flash_texts() {
 
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("s");
-    let options = Options {
-        provider: "file".into(),
-        provider_config: root.to_string_lossy().into(),
-        ..Default::default()
-    };
-    let handler = options.build().unwrap();
-    let svc = Arc::new(Service::new(
-        router(handler)
-            .push(Router::with_path("flash").get(flash_then_home))
-            .push(Router::with_path("show").get(show_flash)),
-    ));
+    let svc = flash_app(&root);
     let mut secrets = vec!["s3cr3t-value-91".to_owned(), "flash-text-7f3a".to_owned()];
     let mut b = Browser::new(svc.clone());
     b.get("/set?key=user&value=s3cr3t-value-91").await;
@@ -252,16 +256,7 @@ async fn r8_logs_carry_no_ids_values_or_flash_texts() {
 async fn f1_a_damaged_stored_flash_shows_nothing_and_is_cleared() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("s");
-    let options = Options {
-        provider: "file".into(),
-        provider_config: root.to_string_lossy().into(),
-        ..Default::default()
-    };
-    let svc = Arc::new(Service::new(
-        router(options.build().unwrap())
-            .push(Router::with_path("flash").get(flash_then_home))
-            .push(Router::with_path("show").get(show_flash)),
-    ));
+    let svc = flash_app(&root);
     let mut b = Browser::new(svc);
     b.get("/flash").await;
     let id = SessionId::parse(&b.cookie(C).unwrap(), 32).unwrap();
