@@ -10,8 +10,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Configuration variants come from [`Options::build`](crate::Options::build) and
 /// [`try_sessioner`](crate::try_sessioner); the others can happen while a request runs.
-/// Used as a Salvo [`Writer`], an error becomes an empty `503` (backend unavailable,
-/// capacity reached) or `500` (everything else): no backend detail reaches the client.
+/// Used as a Salvo [`Writer`], an error becomes a `503` (backend unavailable, capacity
+/// reached) or `500` (everything else) with no body of its own (Salvo's catcher may render
+/// its generic error page): no backend detail reaches the client.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -133,7 +134,7 @@ impl Error {
 
 #[async_trait]
 impl Writer for Error {
-    /// Answers with an empty body and [`Error::status_code`]; the detail goes to the log only.
+    /// Answers with [`Error::status_code`] and no body of its own; the detail goes to the log only.
     async fn write(self, _req: &mut Request, _depot: &mut Depot, res: &mut Response) {
         tracing::warn!(error = %self, "session error answered with {}", self.status_code());
         res.status_code(self.status_code());

@@ -37,9 +37,18 @@
 //! - Sessions are created lazily: a visitor who only reads gets no record and no cookie.
 //!   An unknown, expired or destroyed id is never adopted; a new random id is minted instead.
 //! - At the end of the request only the changed keys are written, before the response is
-//!   sent: a failed save is a `500`, an unreachable backend a `503`, both with empty bodies.
+//!   sent: a failed save is a `500`, an unreachable backend a `503`, with no detail in the
+//!   body (Salvo's generic error page); the detail goes to the `tracing` log, without ids.
 //! - [`Store::regenerate_id`] and [`Store::destroy`] kill the old id at once; a slow request
 //!   that loaded the session earlier cannot bring it back.
+//!
+//! ## Flash messages
+//!
+//! [`depot.flash_mut()`](SessionDepotExt::flash_mut) sets success, error, info and warning
+//! messages for the next request (or, with `_now`, for this response), and
+//! [`FlashMessages::current`] returns the [`Flash`] this response shows: askama templates
+//! read `flash.success_msg`, serde sees macaron's `SuccessMsg`. Flashes live in the
+//! server-side session, so they cannot be forged and never grow a cookie.
 //!
 //! ## Providers and features
 //!
