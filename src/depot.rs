@@ -19,14 +19,23 @@ pub trait SessionDepotExt {
     fn flash_mut(&mut self) -> Result<&mut FlashMessages>;
 }
 
+/// What the middleware puts in the depot: one entry, so one insertion per request.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub store: Store,
+    pub flash: FlashMessages,
+}
+
 impl SessionDepotExt for Depot {
     fn session(&self) -> Result<&Store> {
-        self.get_typed::<Store>()
+        self.get_typed::<Entry>()
+            .map(|e| &e.store)
             .map_err(|_| Error::MissingMiddleware)
     }
 
     fn flash_mut(&mut self) -> Result<&mut FlashMessages> {
-        self.get_typed_mut::<FlashMessages>()
+        self.get_typed_mut::<Entry>()
+            .map(|e| &mut e.flash)
             .map_err(|_| Error::MissingMiddleware)
     }
 }

@@ -4,8 +4,6 @@
 //! key, so it is as tamper-proof as the session itself (nothing to sign, no key to manage,
 //! no cookie to outgrow 4 KB). A visitor without a session who is sent a flash gets one.
 
-use std::sync::{Arc, Mutex};
-
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -95,14 +93,6 @@ impl Flash {
     }
 }
 
-#[derive(Debug, Default)]
-struct State {
-    next: Flash,
-    now: Flash,
-    /// The incoming flash, once read (and so consumed).
-    incoming: Option<Flash>,
-}
-
 /// This request's flash: setters for the next request (or, with `_now`, for this response),
 /// and [`current`](FlashMessages::current) for what this response shows.
 ///
@@ -126,29 +116,29 @@ struct State {
 ///     Ok(flash.success_msg)
 /// }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct FlashMessages {
     store: Store,
-    state: Arc<Mutex<State>>,
+    next: Flash,
+    now: Flash,
+    /// The incoming flash, once read (and so consumed).
+    incoming: Option<Flash>,
 }
 
 impl FlashMessages {
     pub(crate) fn new(store: Store) -> Self {
         FlashMessages {
             store,
-            state: Arc::default(),
+            next: Flash::default(),
+            now: Flash::default(),
+            incoming: None,
         }
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Sets `level`'s message, for the next request, or for this response when `now`
     /// (macaron's `current` flag). `now` messages are never stored.
     pub fn set(&mut self, level: Level, message: impl Into<String>, now: bool) -> &mut Self {
-        let message = message.into();
-        self.with(|s| *(if now { &mut s.now } else { &mut s.next }).slot(level) = message);
+        *(if now { &mut self.now } else { &mut self.next }).slot(level) = message.into();
         self
     }
 
@@ -187,10 +177,9 @@ impl FlashMessages {
 
     /// What this response shows: the flash the previous request left, overlaid by this
     /// request's `_now` messages. Reading consumes the stored flash: it is shown exactly once.
-    pub async fn current(&self) -> Result<Flash> {
-        let cached = self.with(|s| s.incoming.clone());
-        let mut flash = match cached {
-            Some(f) => f,
+    pub async fn current(&mut self) -> Result<Flash> {
+        let mut flash = match &self.incoming {
+            Some(f) => f.clone(),
             None => {
                 let incoming = match self.store.get_raw(FLASH_KEY).await? {
                     Some(raw) => {
@@ -200,24 +189,25 @@ impl FlashMessages {
                     }
                     None => Flash::default(),
                 };
-                self.with(|s| s.incoming.get_or_insert(incoming).clone())
+                self.incoming.insert(incoming).clone()
             }
         };
-        self.with(|s| flash.overlay(&s.now));
+        flash.overlay(&self.now);
         Ok(flash)
     }
 
-    /// Stores the outgoing flash in the session, merged over any flash nobody read yet.
-    pub(crate) async fn release(&self) -> Result<()> {
-        let next = self.with(|s| std::mem::take(&mut s.next));
-        if next.is_empty() {
-            return Ok(());
-        }
-        let mut stored: Flash = match self.store.get_raw(FLASH_KEY).await? {
-            Some(raw) => Flash::decode(&raw).unwrap_or_default(),
-            None => Flash::default(),
-        };
-        stored.overlay(&next);
-        self.store.set_raw(FLASH_KEY, stored.encode()).await
+    /// Takes the outgoing flash; empty when no message was set for the next request.
+    pub(crate) fn take_next(&mut self) -> Flash {
+        std::mem::take(&mut self.next)
     }
+}
+
+/// Stores an outgoing flash in the session, merged over any flash nobody read yet.
+pub(crate) async fn store_next(store: &Store, next: Flash) -> Result<()> {
+    let mut stored = match store.get_raw(FLASH_KEY).await? {
+        Some(raw) => Flash::decode(&raw).unwrap_or_default(),
+        None => Flash::default(),
+    };
+    stored.overlay(&next);
+    store.set_raw(FLASH_KEY, stored.encode()).await
 }

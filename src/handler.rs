@@ -8,7 +8,8 @@ use salvo::http::header::{CACHE_CONTROL, HeaderValue, UPGRADE};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 
 use crate::error::Result;
-use crate::flash::FlashMessages;
+use crate::depot::Entry;
+use crate::flash::{self, Flash, FlashMessages};
 use crate::id::SessionId;
 use crate::options::{Config, Options, SameSite};
 use crate::provider::{self, Provider, ProviderContext};
@@ -172,13 +173,20 @@ impl Handler for Sessioner {
             }
         });
         let store = Store::new(Arc::clone(&self.shared), incoming);
-        let flash = FlashMessages::new(store.clone());
-        depot.insert_typed(store.clone());
-        depot.insert_typed(flash.clone());
+        depot.insert_typed(Entry {
+            flash: FlashMessages::new(store.clone()),
+            store: store.clone(),
+        });
 
         ctrl.call_next(req, depot, res).await;
 
-        if let Err(e) = flash.release().await {
+        let next = match depot.get_typed_mut::<Entry>() {
+            Ok(entry) => entry.flash.take_next(),
+            Err(_) => Flash::default(),
+        };
+        if !next.is_empty()
+            && let Err(e) = flash::store_next(&store, next).await
+        {
             tracing::error!(error = %e, "storing the flash failed");
             fail(res, e.status_code());
             return;
