@@ -20,14 +20,85 @@ use crate::record::{ChangeSet, Record};
 
 /// Default bound on the number of stored sessions.
 pub const DEFAULT_MAX_SESSIONS: usize = 1_000_000;
-const SHARDS: usize = 64;
+/// Shards, each a lock and a table; GC sweeps one shard per step (about 4k sessions per
+/// step at a million sessions), so no lock is held long.
+const SHARDS: usize = 256;
 
-type Shard = HashMap<SessionId, Record>;
+type Shard = HashMap<SessionId, Stored>;
 
-/// Ids are uniformly random hex, so their first two characters spread evenly.
+/// Ids are uniformly random hex, so their first two characters spread evenly over 256 shards.
 fn shard_index(id: &SessionId) -> usize {
+    let hex = |b: u8| {
+        usize::from(
+            if b.is_ascii_digit() {
+                b - b'0'
+            } else {
+                b.wrapping_sub(b'a') + 10
+            } & 0x0f,
+        )
+    };
     let b = id.as_str().as_bytes();
-    (usize::from(b[0]) * 31 + usize::from(b[1])) % SHARDS
+    (hex(b[0]) << 4 | hex(b[1])) % SHARDS
+}
+
+/// A record as this provider keeps it: the values in one boxed slice rather than a hash table
+/// per session, which keeps a small session to about 200 bytes beyond its values.
+#[derive(Debug)]
+struct Stored {
+    values: Box<[(Box<str>, Box<str>)]>,
+    expires_at: u64,
+    /// 0 when there is no absolute deadline.
+    absolute_deadline: u64,
+}
+
+impl Stored {
+    fn new(record: &Record) -> Self {
+        Stored {
+            values: record
+                .values
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
+            expires_at: record.expires_at,
+            absolute_deadline: record.absolute_deadline.unwrap_or(0),
+        }
+    }
+
+    fn record(&self) -> Record {
+        Record {
+            values: self
+                .values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            expires_at: self.expires_at,
+            absolute_deadline: (self.absolute_deadline != 0).then_some(self.absolute_deadline),
+        }
+    }
+
+    fn is_expired(&self, now: u64) -> bool {
+        self.expires_at <= now
+    }
+
+    /// [`Record::apply`] on the compact form: flush, deletes, sets, new deadline.
+    fn apply(&mut self, changes: &ChangeSet) {
+        if changes.flushed || !changes.deleted.is_empty() || !changes.set.is_empty() {
+            let mut values = if changes.flushed {
+                Vec::new()
+            } else {
+                std::mem::take(&mut self.values).into_vec()
+            };
+            values.retain(|(k, _)| !changes.deleted.iter().any(|d| **d == **k));
+            for (key, value) in &changes.set {
+                match values.iter_mut().find(|(k, _)| **k == **key) {
+                    Some(slot) => slot.1 = value.as_str().into(),
+                    None => values.push((key.as_str().into(), value.as_str().into())),
+                }
+            }
+            self.values = values.into_boxed_slice();
+        }
+        self.expires_at = changes.expires_at;
+    }
 }
 
 /// The in-memory provider. Data is lost when the process ends.
@@ -132,7 +203,7 @@ impl Provider for MemoryProvider {
             .shard(id)
             .get(id)
             .filter(|r| !r.is_expired(now))
-            .cloned())
+            .map(Stored::record))
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
@@ -153,11 +224,11 @@ impl Provider for MemoryProvider {
         match shard.get(id) {
             Some(r) if !r.is_expired(now) => Ok(false),
             Some(_) => {
-                shard.insert(id.clone(), record.clone());
+                shard.insert(id.clone(), Stored::new(record));
                 Ok(true)
             }
             None => {
-                shard.insert(id.clone(), record.clone());
+                shard.insert(id.clone(), Stored::new(record));
                 self.len.fetch_add(1, Ordering::Relaxed);
                 Ok(true)
             }
