@@ -7,8 +7,8 @@ use salvo::http::cookie::{self, Cookie};
 use salvo::http::header::{CACHE_CONTROL, HeaderValue, UPGRADE};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 
-use crate::error::Result;
 use crate::depot::Entry;
+use crate::error::Result;
 use crate::flash::{self, Flash, FlashMessages};
 use crate::id::SessionId;
 use crate::options::{Config, Options, SameSite};
