@@ -119,6 +119,12 @@ impl Flash {
 #[derive(Debug)]
 pub struct FlashMessages {
     store: Store,
+    /// Allocated on first use: most requests never touch the flash.
+    state: Option<Box<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
     next: Flash,
     now: Flash,
     /// The incoming flash, once read (and so consumed).
@@ -127,18 +133,18 @@ pub struct FlashMessages {
 
 impl FlashMessages {
     pub(crate) fn new(store: Store) -> Self {
-        FlashMessages {
-            store,
-            next: Flash::default(),
-            now: Flash::default(),
-            incoming: None,
-        }
+        FlashMessages { store, state: None }
+    }
+
+    fn state(&mut self) -> &mut State {
+        self.state.get_or_insert_with(Box::default)
     }
 
     /// Sets `level`'s message, for the next request, or for this response when `now`
     /// (macaron's `current` flag). `now` messages are never stored.
     pub fn set(&mut self, level: Level, message: impl Into<String>, now: bool) -> &mut Self {
-        *(if now { &mut self.now } else { &mut self.next }).slot(level) = message.into();
+        let state = self.state();
+        *(if now { &mut state.now } else { &mut state.next }).slot(level) = message.into();
         self
     }
 
@@ -178,8 +184,8 @@ impl FlashMessages {
     /// What this response shows: the flash the previous request left, overlaid by this
     /// request's `_now` messages. Reading consumes the stored flash: it is shown exactly once.
     pub async fn current(&mut self) -> Result<Flash> {
-        let mut flash = match &self.incoming {
-            Some(f) => f.clone(),
+        let mut flash = match self.state.as_ref().and_then(|s| s.incoming.clone()) {
+            Some(f) => f,
             None => {
                 let incoming = match self.store.get_raw(FLASH_KEY).await? {
                     Some(raw) => {
@@ -189,16 +195,19 @@ impl FlashMessages {
                     }
                     None => Flash::default(),
                 };
-                self.incoming.insert(incoming).clone()
+                self.state().incoming.insert(incoming).clone()
             }
         };
-        flash.overlay(&self.now);
+        flash.overlay(&self.state().now);
         Ok(flash)
     }
 
     /// Takes the outgoing flash; empty when no message was set for the next request.
     pub(crate) fn take_next(&mut self) -> Flash {
-        std::mem::take(&mut self.next)
+        self.state
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.next))
+            .unwrap_or_default()
     }
 }
 

@@ -184,20 +184,31 @@ impl Handler for Sessioner {
             Ok(entry) => entry.flash.take_next(),
             Err(_) => Flash::default(),
         };
+        // Fast path: a request that never touched its session has nothing to write.
+        if next.is_empty() && store.is_untouched() {
+            return;
+        }
+        Box::pin(self.finish(&store, next, req, res)).await;
+    }
+}
+
+impl Sessioner {
+    /// Stores the outgoing flash and the session's changes, then sets or clears the cookie.
+    /// Kept out of `handle` so the common request's future stays small.
+    async fn finish(&self, store: &Store, next: Flash, req: &Request, res: &mut Response) {
         if !next.is_empty()
-            && let Err(e) = flash::store_next(&store, next).await
+            && let Err(e) = flash::store_next(store, next).await
         {
             tracing::error!(error = %e, "storing the flash failed");
             fail(res, e.status_code());
             return;
         }
-
         if let Some(status) = store.failure().await {
             // The backend failed while loading: answer with its status, keep the cookie.
             fail(res, status);
             return;
         }
-        if config.ignore_release_for_websocket
+        if self.shared.config.ignore_release_for_websocket
             && req
                 .headers()
                 .get(UPGRADE)

@@ -328,6 +328,14 @@ impl Store {
         Ok(state)
     }
 
+    /// True when nothing asked for the session in this request (so there is nothing to save).
+    /// A store still in use elsewhere (a spawned task holding its lock) counts as touched.
+    pub(crate) fn is_untouched(&self) -> bool {
+        self.state
+            .try_lock()
+            .is_ok_and(|s| matches!(s.phase, Phase::Unloaded) && !s.clear_cookie)
+    }
+
     /// A load error's status, if the backend failed while loading this request's session.
     pub(crate) async fn failure(&self) -> Option<salvo::http::StatusCode> {
         self.state.lock().await.failed
