@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_SESSIONS: usize = 1_000_000;
 /// Shards, each a lock and a table; GC sweeps one shard per step (about 4k sessions per
 /// step at a million sessions), so no lock is held long.
 const SHARDS: usize = 256;
+/// The most expired records one GC step removes before it yields.
+const GC_STEP: usize = 256;
 
 type Shard = HashMap<SessionId, Stored>;
 
@@ -289,9 +291,23 @@ impl Provider for MemoryProvider {
         let now = self.clock.now_ms();
         let mut removed = 0;
         for i in 0..SHARDS {
-            removed += self.sweep_shard(i, now);
-            // One shard per batch: let requests run between batches.
-            tokio::task::yield_now().await;
+            loop {
+                // Take at most GC_STEP expired records out under the lock, free them after it,
+                // then let requests run: no step holds a lock or the thread for long.
+                let batch: Vec<(SessionId, Stored)> = self
+                    .lock(i)
+                    .extract_if(|_, r| r.is_expired(now))
+                    .take(GC_STEP)
+                    .collect();
+                let n = batch.len();
+                self.len.fetch_sub(n, Ordering::Relaxed);
+                removed += n;
+                drop(batch);
+                tokio::task::yield_now().await;
+                if n < GC_STEP {
+                    break;
+                }
+            }
         }
         Ok(removed)
     }
