@@ -1,5 +1,5 @@
 //! SECURITY.md rows that need a process boundary: the demo app runs as a child process
-//! (built by `cargo test --all-targets`, as `scripts/test` does) on a free loopback port, and
+//! (built by `cargo build --all-features --examples`, as `scripts/test` does) on a free loopback port, and
 //! the test talks plain HTTP/1.1 to it, kills it, or stops its redis-server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -30,7 +30,7 @@ fn demo_binary() -> PathBuf {
         .join("demo");
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --all-features --all-targets` (scripts/test), which builds the examples",
+        "{} is missing: build it first with `cargo build --all-features --examples` (scripts/test does)",
         path.display()
     );
     path
