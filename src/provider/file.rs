@@ -5,8 +5,9 @@
 //! session id ([`SessionId::storage_key`]), so no path is ever built from client input.
 //!
 //! Durability: every write goes to a `0600` temporary file in the same directory, is
-//! `fsync`ed, then renamed over the record, so a crash leaves either the old or the new
-//! record, never a torn one. Concurrent requests of this process on one session are
+//! `fsync`ed, then renamed over the record, and the directory is `fsync`ed after the rename
+//! (and after a delete), so a crash leaves either the old or the new record, never a torn
+//! one, and a save or a destroy that was answered stays done. Concurrent requests of this process on one session are
 //! serialised by a striped lock and merged per key; several processes sharing one root
 //! directory are not coordinated (last writer wins per record).
 
@@ -149,8 +150,10 @@ impl Inner {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(&record.encode())?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
+            f.sync_data()?;
+            fs::rename(&tmp, &path)?;
+            // The rename itself is durable only once the directory is synced.
+            File::open(&dir)?.sync_all()
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -158,10 +161,14 @@ impl Inner {
         result
     }
 
-    fn remove(&self, key: &str) -> io::Result<()> {
+    /// Deletes a record; `durable` syncs the directory too, so a destroyed session stays dead
+    /// across a crash (GC needs no such care: an expired record stays expired).
+    fn remove(&self, key: &str, durable: bool) -> io::Result<()> {
         match fs::remove_file(self.path(key)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            Ok(()) if durable => File::open(self.root.join(&key[..2]))?.sync_all(),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -252,7 +259,7 @@ impl Provider for FileProvider {
         let key = id.storage_key();
         self.run(move |i| {
             let _guard = i.lock(i.stripe(&key));
-            i.remove(&key)
+            i.remove(&key, true)
         })
         .await
     }
@@ -273,7 +280,7 @@ impl Provider for FileProvider {
                 }
                 _ => Regenerated::Missing,
             };
-            i.remove(&old)?;
+            i.remove(&old, true)?;
             Ok(outcome)
         })
         .await
@@ -302,7 +309,7 @@ impl Provider for FileProvider {
                     let _guard = i.lock(i.stripe(key));
                     // Re-check under the lock: a concurrent save may have refreshed it.
                     if matches!(i.read(key), Ok(Read2::Dead) | Err(_)) {
-                        i.remove(key)?;
+                        i.remove(key, false)?;
                         removed += 1;
                     }
                 }
