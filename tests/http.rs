@@ -811,6 +811,32 @@ async fn r6_a_full_memory_store_refuses_newcomers_and_keeps_everyone_else() {
 }
 
 #[tokio::test]
+async fn r6_a_full_memory_store_makes_room_from_expired_sessions() {
+    let clock = Clock::manual();
+    let svc = service(Options {
+        provider_config: "max_sessions=2".into(),
+        clock: clock.clone(),
+        max_lifetime: Some(Duration::from_secs(60)),
+        ..memory()
+    });
+    for _ in 0..2 {
+        Browser::new(svc.clone()).get("/set?key=k&value=v").await;
+    }
+    let full = Browser::new(svc.clone()).get("/set?key=k&value=v").await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    clock.advance(Duration::from_secs(61));
+    let mut newcomer = Browser::new(svc);
+    let r = newcomer.get("/set?key=k&value=w").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "expired sessions were swept to make room"
+    );
+    assert_eq!(newcomer.get("/get?key=k").await.body, "w");
+    assert_eq!(newcomer.get("/count").await.body, "1");
+}
+
+#[tokio::test]
 async fn r3_a_corrupt_record_is_removed_and_the_visitor_starts_afresh() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Browser::new(service(file(&dir)));

@@ -7,7 +7,7 @@
 //! visitors cannot log anybody out.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_SESSIONS: usize = 1_000_000;
 /// Shards, each a lock and a table; GC sweeps one shard per step (about 4k sessions per
 /// step at a million sessions), so no lock is held long.
 const SHARDS: usize = 256;
+/// When the store is full, how often creating a session may sweep it for expired records.
+const FULL_SWEEP_EVERY_MS: u64 = 1_000;
 /// The most expired records one GC step removes before it yields.
 const GC_STEP: usize = 256;
 
@@ -108,6 +110,8 @@ impl Stored {
 pub struct MemoryProvider {
     shards: Box<[Mutex<Shard>]>,
     len: AtomicUsize,
+    /// When a full store was last swept (ms since the epoch).
+    last_full_sweep: AtomicU64,
     max_sessions: usize,
     clock: Clock,
 }
@@ -118,6 +122,7 @@ impl MemoryProvider {
         MemoryProvider {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             len: AtomicUsize::new(0),
+            last_full_sweep: AtomicU64::new(0),
             max_sessions,
             clock,
         }
@@ -211,14 +216,26 @@ impl Provider for MemoryProvider {
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let now = self.clock.now_ms();
         if self.len.load(Ordering::Relaxed) >= self.max_sessions {
-            for i in 0..SHARDS {
-                self.sweep_shard(i, now);
+            // A full sweep walks every session: at most one per second, so a flood of
+            // newcomers against a full store costs one sweep, not one per request.
+            let last = self.last_full_sweep.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= FULL_SWEEP_EVERY_MS
+                && self
+                    .last_full_sweep
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                for i in 0..SHARDS {
+                    self.sweep_shard(i, now);
+                }
+                if self.len.load(Ordering::Relaxed) >= self.max_sessions {
+                    tracing::warn!(
+                        max = self.max_sessions,
+                        "memory session store full; refusing new sessions"
+                    );
+                }
             }
             if self.len.load(Ordering::Relaxed) >= self.max_sessions {
-                tracing::warn!(
-                    max = self.max_sessions,
-                    "memory session store full; refusing a new session"
-                );
                 return Err(Error::CapacityExceeded);
             }
         }
