@@ -203,20 +203,16 @@ impl Sessioner {
             fail(res, e.status_code());
             return;
         }
-        if let Some(status) = store.failure().await {
-            // The backend failed while loading: answer with its status, keep the cookie.
-            fail(res, status);
-            return;
-        }
-        if self.shared.config.ignore_release_for_websocket
+        let save = !(self.shared.config.ignore_release_for_websocket
             && req
                 .headers()
                 .get(UPGRADE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-        {
-            return;
-        }
-        let cookie = match store.release().await {
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")));
+        let cookie = match store.release(save).await {
+            Ok(CookieAction::LoadFailed(status)) => {
+                fail(res, status);
+                return;
+            }
             Ok(CookieAction::Keep) => return,
             Ok(CookieAction::Set(id)) => self.cookie(id.as_str().to_owned()),
             Ok(CookieAction::Clear) => {

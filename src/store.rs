@@ -80,6 +80,8 @@ struct State {
 /// What the middleware does with the cookie after a release.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum CookieAction {
+    /// The backend failed while loading: answer with this status and keep the cookie.
+    LoadFailed(salvo::http::StatusCode),
     Keep,
     Set(SessionId),
     Clear,
@@ -336,14 +338,16 @@ impl Store {
             .is_ok_and(|s| matches!(s.phase, Phase::Unloaded) && !s.clear_cookie)
     }
 
-    /// A load error's status, if the backend failed while loading this request's session.
-    pub(crate) async fn failure(&self) -> Option<salvo::http::StatusCode> {
-        self.state.lock().await.failed
-    }
-
-    /// Writes what this request changed; says what to do with the cookie.
-    pub(crate) async fn release(&self) -> Result<CookieAction> {
+    /// Writes what this request changed (unless `save` is false); says what to do with the
+    /// cookie. A failed load wins over everything: the response becomes its status.
+    pub(crate) async fn release(&self, save: bool) -> Result<CookieAction> {
         let mut state = self.state.lock().await;
+        if let Some(status) = state.failed {
+            return Ok(CookieAction::LoadFailed(status));
+        }
+        if !save {
+            return Ok(CookieAction::Keep);
+        }
         let config = &self.shared.config;
         let now = config.clock.now_ms();
         let idle = now.saturating_add(duration_ms(config.max_lifetime));
