@@ -52,7 +52,7 @@ fn record(clock: &Clock, n: usize) -> Record {
 /// What `/counter` saves: one key set, the idle deadline moved.
 fn counter_change(clock: &Clock, n: u64) -> ChangeSet {
     ChangeSet {
-        set: HashMap::from([("count".to_owned(), n.to_string())]),
+        set: vec![("count".to_owned(), n.to_string())],
         expires_at: clock.now_ms() + HOUR_MS,
         ..Default::default()
     }

@@ -19,17 +19,17 @@ pub trait SessionDepotExt {
     fn flash_mut(&mut self) -> Result<&mut FlashMessages>;
 }
 
-/// What the middleware puts in the depot: one entry, so one insertion per request.
+/// What the middleware puts in the depot: one entry, so one insertion per request. The
+/// flash holds the request's [`Store`] (it keeps its messages in the session).
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub store: Store,
     pub flash: FlashMessages,
 }
 
 impl SessionDepotExt for Depot {
     fn session(&self) -> Result<&Store> {
         self.get_typed::<Entry>()
-            .map(|e| &e.store)
+            .map(|e| e.flash.store())
             .map_err(|_| Error::MissingMiddleware)
     }
 

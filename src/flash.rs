@@ -136,6 +136,11 @@ impl FlashMessages {
         FlashMessages { store, state: None }
     }
 
+    /// The session the flash lives in.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     fn state(&mut self) -> &mut State {
         self.state.get_or_insert_with(Box::default)
     }

@@ -10,7 +10,6 @@ use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 use crate::depot::Entry;
 use crate::error::Result;
 use crate::flash::{self, Flash, FlashMessages};
-use crate::id::SessionId;
 use crate::options::{Config, Options, SameSite};
 use crate::provider::{self, Provider, ProviderContext};
 use crate::store::{CookieAction, Store};
@@ -162,33 +161,25 @@ impl Handler for Sessioner {
         ctrl: &mut FlowCtrl,
     ) {
         self.start_gc();
-        let config = &self.shared.config;
-        let incoming = req.cookie(&config.cookie_name).and_then(|c| {
-            match SessionId::parse(c.value(), config.id_length) {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    tracing::debug!("malformed session cookie ignored");
-                    None
-                }
-            }
-        });
-        let store = Store::new(Arc::clone(&self.shared), incoming);
+        let cookie = req
+            .cookie(&self.shared.config.cookie_name)
+            .map(|c| c.value());
         depot.insert_typed(Entry {
-            flash: FlashMessages::new(store.clone()),
-            store: store.clone(),
+            flash: FlashMessages::new(Store::new(Arc::clone(&self.shared), cookie)),
         });
 
         ctrl.call_next(req, depot, res).await;
 
-        let next = match depot.get_typed_mut::<Entry>() {
-            Ok(entry) => entry.flash.take_next(),
-            Err(_) => Flash::default(),
+        let Ok(entry) = depot.get_typed_mut::<Entry>() else {
+            return;
         };
+        let next = entry.flash.take_next();
+        let store = entry.flash.store();
         // Fast path: a request that never touched its session has nothing to write.
         if next.is_empty() && store.is_untouched() {
             return;
         }
-        Box::pin(self.finish(&store, next, req, res)).await;
+        Box::pin(self.finish(store, next, req, res)).await;
     }
 }
 

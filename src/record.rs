@@ -22,8 +22,9 @@ pub struct Record {
 pub struct ChangeSet {
     /// All values were removed before `set` and `deleted` apply.
     pub flushed: bool,
-    /// Keys set, with their new JSON text.
-    pub set: HashMap<String, String>,
+    /// Keys set, with their new JSON text; each key at most once. A list rather than a map:
+    /// a request changes a handful of keys, and a list needs no hashing and one allocation.
+    pub set: Vec<(String, String)>,
     /// Keys deleted.
     pub deleted: Vec<String>,
     /// The new idle deadline (ms since the epoch), already capped by the absolute one.
@@ -132,7 +133,7 @@ mod tests {
             ..Default::default()
         };
         c.deleted.push("a".into());
-        c.set.insert("c".into(), "3".into());
+        c.set.push(("c".into(), "3".into()));
         r.apply(&c);
         assert_eq!(r.values.len(), 2);
         assert_eq!(r.expires_at, 7);

@@ -1,7 +1,8 @@
 //! [`Store`]: one visitor's session for one request, loaded lazily, saved as a change set.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -10,7 +11,7 @@ use tokio::sync::Mutex;
 use crate::clock::duration_ms;
 use crate::error::{Error, Result};
 use crate::handler::Shared;
-use crate::id::SessionId;
+use crate::id::{MAX_ID_LENGTH, SessionId};
 use crate::provider::Regenerated;
 use crate::record::{ChangeSet, Record};
 
@@ -42,10 +43,76 @@ const ID_ATTEMPTS: usize = 3;
 ///     Ok(n.to_string())
 /// }
 /// ```
-#[derive(Clone, Debug)]
 pub struct Store {
     shared: Arc<Shared>,
-    state: Arc<Mutex<State>>,
+    /// The request's cookie value, kept inline until the session is first used.
+    cookie: RawCookie,
+    /// Built on first use: a request that never asks for its session allocates nothing here.
+    state: OnceLock<Arc<Mutex<State>>>,
+}
+
+impl Clone for Store {
+    /// Clones share one state, so the state is built first if nothing has used it yet.
+    fn clone(&self) -> Self {
+        Store {
+            shared: Arc::clone(&self.shared),
+            cookie: self.cookie,
+            state: OnceLock::from(Arc::clone(self.state())),
+        }
+    }
+}
+
+impl fmt::Debug for Store {
+    // Never the cookie or the values.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("in_use", &self.state.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cookie value of the configured id length, copied without allocating; checked with
+/// [`SessionId::parse`] when the session is first used.
+#[derive(Clone, Copy)]
+struct RawCookie {
+    len: u8,
+    bytes: [u8; MAX_ID_LENGTH],
+}
+
+impl RawCookie {
+    const NONE: RawCookie = RawCookie {
+        len: 0,
+        bytes: [0; MAX_ID_LENGTH],
+    };
+
+    fn new(value: Option<&str>, id_length: usize) -> Self {
+        let Some(value) = value else {
+            return Self::NONE;
+        };
+        match u8::try_from(value.len()) {
+            Ok(len) if value.len() == id_length && value.len() <= MAX_ID_LENGTH => {
+                let mut bytes = [0; MAX_ID_LENGTH];
+                bytes[..value.len()].copy_from_slice(value.as_bytes());
+                RawCookie { len, bytes }
+            }
+            _ => {
+                tracing::debug!("malformed session cookie ignored");
+                Self::NONE
+            }
+        }
+    }
+
+    fn id(&self, id_length: usize) -> Option<SessionId> {
+        if self.len == 0 {
+            return None;
+        }
+        let value = std::str::from_utf8(&self.bytes[..usize::from(self.len)]).ok();
+        let id = value.and_then(|v| SessionId::parse(v, id_length).ok());
+        if id.is_none() {
+            tracing::debug!("malformed session cookie ignored");
+        }
+        id
+    }
 }
 
 /// Where this request's session stands.
@@ -63,10 +130,16 @@ enum Phase {
 
 #[derive(Debug)]
 struct State {
+    /// The cookie's id until the load takes it.
     incoming: Option<SessionId>,
+    /// The request came with a well-formed session cookie.
+    had_cookie: bool,
     phase: Phase,
+    /// The values as loaded, minus deletions; `changes.set` overlays them.
     values: HashMap<String, String>,
     changes: ChangeSet,
+    /// When the load happened (ms since the epoch); release reuses it as "now".
+    loaded_at: Option<u64>,
     loaded_expires_at: u64,
     absolute_deadline: Option<u64>,
     /// The cookie must name the current id (created or regenerated).
@@ -75,6 +148,16 @@ struct State {
     clear_cookie: bool,
     /// A load failed: the response becomes this error's status.
     failed: Option<salvo::http::StatusCode>,
+}
+
+impl State {
+    /// The current text of `key`: this request's change, else the loaded value.
+    fn value(&self, key: &str) -> Option<&String> {
+        match self.changes.set.iter().find(|(k, _)| k == key) {
+            Some((_, v)) => Some(v),
+            None => self.values.get(key),
+        }
+    }
 }
 
 /// What the middleware does with the cookie after a release.
@@ -96,7 +179,7 @@ pub struct SessionData {
 impl SessionData {
     /// The value under `key`, deserialized.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        decode(&self.values, key)
+        decode(self.values.get(key), key)
     }
 
     /// The keys present.
@@ -108,16 +191,14 @@ impl SessionData {
     }
 }
 
-fn decode<T: DeserializeOwned>(values: &HashMap<String, String>, key: &str) -> Result<Option<T>> {
-    values
-        .get(key)
-        .map(|raw| {
-            serde_json::from_str(raw).map_err(|source| Error::Deserialize {
-                key: key.to_owned(),
-                source,
-            })
+fn decode<T: DeserializeOwned>(raw: Option<&String>, key: &str) -> Result<Option<T>> {
+    raw.map(|raw| {
+        serde_json::from_str(raw).map_err(|source| Error::Deserialize {
+            key: key.to_owned(),
+            source,
         })
-        .transpose()
+    })
+    .transpose()
 }
 
 fn check_key(key: &str) -> Result<()> {
@@ -129,26 +210,39 @@ fn check_key(key: &str) -> Result<()> {
 }
 
 impl Store {
-    pub(crate) fn new(shared: Arc<Shared>, incoming: Option<SessionId>) -> Self {
+    /// A store for a request whose session cookie (if any) is `cookie`. Cheap: nothing is
+    /// parsed or allocated until a method needs the session.
+    pub(crate) fn new(shared: Arc<Shared>, cookie: Option<&str>) -> Self {
+        let cookie = RawCookie::new(cookie, shared.config.id_length);
         Store {
             shared,
-            state: Arc::new(Mutex::new(State {
+            cookie,
+            state: OnceLock::new(),
+        }
+    }
+
+    fn state(&self) -> &Arc<Mutex<State>> {
+        self.state.get_or_init(|| {
+            let incoming = self.cookie.id(self.shared.config.id_length);
+            Arc::new(Mutex::new(State {
+                had_cookie: incoming.is_some(),
                 incoming,
                 phase: Phase::Unloaded,
                 values: HashMap::new(),
                 changes: ChangeSet::default(),
+                loaded_at: None,
                 loaded_expires_at: 0,
                 absolute_deadline: None,
                 new_cookie: false,
                 clear_cookie: false,
                 failed: None,
-            })),
-        }
+            }))
+        })
     }
 
     /// The value stored under `key`, deserialized into `T`; `None` if absent.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        decode(&self.loaded().await?.values, key)
+        decode(self.loaded().await?.value(key), key)
     }
 
     /// Stores `value` under `key`, creating the session if there is none.
@@ -167,13 +261,16 @@ impl Store {
             state.phase = Phase::New(SessionId::generate(self.shared.config.id_length)?);
         }
         state.changes.deleted.retain(|k| k != key);
-        state.changes.set.insert(key.to_owned(), raw.clone());
-        state.values.insert(key.to_owned(), raw);
+        // One copy of the value: the change set overlays the loaded values.
+        match state.changes.set.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = raw,
+            None => state.changes.set.push((key.to_owned(), raw)),
+        }
         Ok(())
     }
 
     pub(crate) async fn get_raw(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.loaded().await?.values.get(key).cloned())
+        Ok(self.loaded().await?.value(key).cloned())
     }
 
     /// Removes `key`. Deleting the last key is saved like any other change.
@@ -184,11 +281,16 @@ impl Store {
 
     pub(crate) async fn delete_raw(&self, key: &str) -> Result<()> {
         let mut state = self.loaded().await?;
-        if state.values.remove(key).is_some() {
-            state.changes.set.remove(key);
-            if matches!(state.phase, Phase::Stored(_)) {
-                state.changes.deleted.push(key.to_owned());
+        let was_set = match state.changes.set.iter().position(|(k, _)| k == key) {
+            Some(i) => {
+                state.changes.set.swap_remove(i);
+                true
             }
+            None => false,
+        };
+        let was_stored = state.values.remove(key).is_some();
+        if (was_stored || was_set) && matches!(state.phase, Phase::Stored(_)) {
+            state.changes.deleted.push(key.to_owned());
         }
         Ok(())
     }
@@ -237,7 +339,7 @@ impl Store {
                     Regenerated::Missing => {
                         // Destroyed meanwhile: start over with only this request's changes.
                         tracing::debug!("session vanished before regenerate; starting a new one");
-                        state.values = state.changes.set.clone();
+                        state.values.clear();
                         state.changes.flushed = false;
                         state.changes.deleted.clear();
                         state.phase = Phase::New(new.clone());
@@ -256,10 +358,10 @@ impl Store {
     /// Deletes the session on the server and clears the cookie. A later `set` in the same
     /// request starts a new session under a new id.
     pub async fn destroy(&self) -> Result<()> {
-        let mut state = self.state.lock().await;
+        let mut state = self.state().lock().await;
         let target = match std::mem::replace(&mut state.phase, Phase::Anonymous) {
             Phase::Stored(id) => Some(id),
-            Phase::Unloaded => state.incoming.clone(),
+            Phase::Unloaded => state.incoming.take(),
             _ => None,
         };
         if let Some(id) = &target {
@@ -269,7 +371,7 @@ impl Store {
         state.changes = ChangeSet::default();
         state.absolute_deadline = None;
         state.new_cookie = false;
-        state.clear_cookie = state.incoming.is_some();
+        state.clear_cookie = state.had_cookie;
         Ok(())
     }
 
@@ -299,12 +401,16 @@ impl Store {
 
     /// Locks the state, loading the session from the backend on first use.
     async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
-        let mut state = self.state.lock().await;
+        let mut state = self.state().lock().await;
         if matches!(state.phase, Phase::Unloaded) {
             state.phase = Phase::Anonymous;
-            if let Some(id) = state.incoming.clone() {
-                match self.shared.provider.load(&id).await {
-                    Ok(Some(record)) if !record.is_expired(self.shared.config.clock.now_ms()) => {
+            if let Some(id) = state.incoming.take() {
+                let loaded = self.shared.provider.load(&id).await;
+                let now = self.shared.config.clock.now_ms();
+                state.loaded_at = Some(now);
+                match loaded {
+                    // The expiry is checked again: a custom provider may break the contract.
+                    Ok(Some(record)) if !record.is_expired(now) => {
                         state.values = record.values;
                         state.loaded_expires_at = record.expires_at;
                         state.absolute_deadline = record.absolute_deadline;
@@ -320,6 +426,7 @@ impl Store {
                         }
                     }
                     Err(e) => {
+                        state.incoming = Some(id);
                         state.phase = Phase::Unloaded;
                         state.failed = Some(e.status_code());
                         return Err(e);
@@ -333,15 +440,17 @@ impl Store {
     /// True when nothing asked for the session in this request (so there is nothing to save).
     /// A store still in use elsewhere (a spawned task holding its lock) counts as touched.
     pub(crate) fn is_untouched(&self) -> bool {
-        self.state
-            .try_lock()
-            .is_ok_and(|s| matches!(s.phase, Phase::Unloaded) && !s.clear_cookie)
+        self.state.get().is_none_or(|state| {
+            state
+                .try_lock()
+                .is_ok_and(|s| matches!(s.phase, Phase::Unloaded) && !s.clear_cookie)
+        })
     }
 
     /// Writes what this request changed (unless `save` is false); says what to do with the
     /// cookie. A failed load wins over everything: the response becomes its status.
     pub(crate) async fn release(&self, save: bool) -> Result<CookieAction> {
-        let mut state = self.state.lock().await;
+        let mut state = self.state().lock().await;
         if let Some(status) = state.failed {
             return Ok(CookieAction::LoadFailed(status));
         }
@@ -349,7 +458,7 @@ impl Store {
             return Ok(CookieAction::Keep);
         }
         let config = &self.shared.config;
-        let now = config.clock.now_ms();
+        let now = state.loaded_at.unwrap_or_else(|| config.clock.now_ms());
         let idle = now.saturating_add(duration_ms(config.max_lifetime));
         match std::mem::replace(&mut state.phase, Phase::Anonymous) {
             Phase::Stored(id) => {
@@ -375,7 +484,9 @@ impl Store {
                 })
             }
             Phase::New(mut id) => {
-                if state.values.is_empty() && !state.new_cookie {
+                let mut values = std::mem::take(&mut state.values);
+                values.extend(std::mem::take(&mut state.changes.set));
+                if values.is_empty() && !state.new_cookie {
                     return Ok(if state.clear_cookie {
                         CookieAction::Clear
                     } else {
@@ -386,7 +497,7 @@ impl Store {
                     .absolute_lifetime
                     .map(|d| now.saturating_add(duration_ms(d)));
                 let record = Record {
-                    values: std::mem::take(&mut state.values),
+                    values,
                     expires_at: absolute.map_or(idle, |a| idle.min(a)),
                     absolute_deadline: absolute,
                 };

@@ -1033,3 +1033,61 @@ async fn a_route_without_the_middleware_gets_a_clear_error() {
             .unwrap(),
     );
 }
+
+/// `key=value` as the session holds it now, `key=none` if absent.
+async fn shown(s: &sessioner::Store, key: &str) -> Result<String, Error> {
+    Ok(format!(
+        "{key}={}",
+        s.get::<String>(key).await?.unwrap_or_else(|| "none".into())
+    ))
+}
+
+/// One request that sets, reads, deletes and sets again, answering what it saw at each step.
+#[handler]
+async fn edit_in_one_request(depot: &mut Depot) -> Result<String, Error> {
+    let s = depot.session()?;
+    let mut seen = vec![shown(s, "kept").await?];
+    s.set("a", "1").await?;
+    s.set("a", "2").await?;
+    seen.push(shown(s, "a").await?);
+    s.delete("a").await?;
+    seen.push(shown(s, "a").await?);
+    s.set("b", "3").await?;
+    s.delete("kept").await?;
+    seen.push(shown(s, "kept").await?);
+    s.set("kept", "4").await?;
+    s.set("gone", "5").await?;
+    s.delete("gone").await?;
+    seen.push(shown(s, "kept").await?);
+    Ok(seen.join(" "))
+}
+
+#[tokio::test]
+async fn values_set_read_and_deleted_in_one_request_are_saved_as_last_seen() {
+    each_provider(|options| async move {
+        let svc = Arc::new(Service::new(
+            router(options.build().unwrap())
+                .push(Router::with_path("edit").get(edit_in_one_request)),
+        ));
+        let mut b = Browser::new(svc);
+        b.get("/set?key=kept&value=9").await;
+        b.get("/set?key=b&value=8").await;
+        assert_eq!(
+            b.get("/edit").await.body,
+            "kept=9 a=2 a=none kept=none kept=4"
+        );
+        assert_eq!(b.get("/get?key=a").await.body, "none");
+        assert_eq!(b.get("/get?key=gone").await.body, "none");
+        assert_eq!(b.get("/get?key=b").await.body, "3");
+        assert_eq!(b.get("/get?key=kept").await.body, "4");
+        // A new session (no cookie) made in one request holds the same result.
+        let mut fresh = Browser::new(Arc::clone(&b.service));
+        assert_eq!(
+            fresh.get("/edit").await.body,
+            "kept=none a=2 a=none kept=none kept=4"
+        );
+        assert_eq!(fresh.get("/get?key=b").await.body, "3");
+        assert_eq!(fresh.get("/get?key=gone").await.body, "none");
+    })
+    .await;
+}

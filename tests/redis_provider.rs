@@ -6,7 +6,6 @@
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis_server::{RedisServer, unique_prefix};
@@ -33,7 +32,7 @@ fn live(pairs: &[(&str, &str)]) -> Record {
 
 fn set(key: &str, value: &str) -> ChangeSet {
     ChangeSet {
-        set: HashMap::from([(key.to_owned(), value.to_owned())]),
+        set: vec![(key.to_owned(), value.to_owned())],
         expires_at: now_ms() + 3_600_000,
         ..Default::default()
     }

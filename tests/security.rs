@@ -266,10 +266,10 @@ async fn f1_a_damaged_stored_flash_shows_nothing_and_is_cleared() {
         expires_at: u64::MAX / 2,
         ..Default::default()
     };
-    damage.set.insert(
+    damage.set.push((
         "__sessioner.flash".into(),
         r#"{"SuccessMsg":"forged""#.into(),
-    );
+    ));
     assert!(store.save(&id, &damage).await.unwrap());
     assert_eq!(
         b.get("/show").await.body,

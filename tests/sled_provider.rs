@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ fn record(clock: &Clock, pairs: &[(&str, &str)], ttl_ms: u64) -> Record {
 
 fn set(clock: &Clock, key: &str, value: &str) -> ChangeSet {
     ChangeSet {
-        set: HashMap::from([(key.to_owned(), value.to_owned())]),
+        set: vec![(key.to_owned(), value.to_owned())],
         expires_at: clock.now_ms() + HOUR,
         ..Default::default()
     }
