@@ -219,6 +219,25 @@ impl MemoryProvider {
         Regenerated::Moved
     }
 
+    fn load_live(&self, id: &SessionId) -> Option<Record> {
+        let now = self.clock.now_ms();
+        self.shard(id)
+            .get(id)
+            .filter(|r| !r.is_expired(now))
+            .map(Stored::record)
+    }
+
+    fn save_live(&self, id: &SessionId, changes: &ChangeSet) -> bool {
+        let now = self.clock.now_ms();
+        match self.shard(id).get_mut(id) {
+            Some(r) if !r.is_expired(now) => {
+                r.apply(changes);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn sweep_shard(&self, index: usize, now: u64) -> usize {
         let mut shard = self.lock(index);
         let before = shard.len();
@@ -232,12 +251,11 @@ impl MemoryProvider {
 #[async_trait]
 impl Provider for MemoryProvider {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
-        let now = self.clock.now_ms();
-        Ok(self
-            .shard(id)
-            .get(id)
-            .filter(|r| !r.is_expired(now))
-            .map(Stored::record))
+        Ok(self.load_live(id))
+    }
+
+    fn load_now(&self, id: &SessionId) -> Option<Result<Option<Record>>> {
+        Some(Ok(self.load_live(id)))
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
@@ -282,14 +300,11 @@ impl Provider for MemoryProvider {
     }
 
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
-        let now = self.clock.now_ms();
-        match self.shard(id).get_mut(id) {
-            Some(r) if !r.is_expired(now) => {
-                r.apply(changes);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.save_live(id, changes))
+    }
+
+    fn save_now(&self, id: &SessionId, changes: &ChangeSet) -> Option<Result<bool>> {
+        Some(Ok(self.save_live(id, changes)))
     }
 
     async fn destroy(&self, id: &SessionId) -> Result<()> {

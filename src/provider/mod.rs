@@ -48,6 +48,7 @@ pub enum Regenerated {
 /// | method | contract |
 /// |---|---|
 /// | `load` | the record, or `None` if absent **or expired** |
+/// | `load_now`, `save_now` | optional: `None`, or at once exactly what `load` / `save` would do |
 /// | `create` | insert only if absent; `false` on collision |
 /// | `save` | apply a change set to a live record (per-key merge); `false`, and no write, if the record is gone: a save never re-creates a destroyed or regenerated session |
 /// | `destroy` | delete; a missing record is not an error |
@@ -59,11 +60,28 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// The live record stored under `id`, if any. Expired records read as `None`.
     async fn load(&self, id: &SessionId) -> Result<Option<Record>>;
 
+    /// [`load`](Provider::load) without waiting, for backends that can answer at once (the
+    /// memory provider): `Some` holds exactly what `load` would return, `None` means "call
+    /// `load`". The middleware tries this first, so an in-process backend costs no boxed
+    /// future per request. The default is `None`.
+    fn load_now(&self, id: &SessionId) -> Option<Result<Option<Record>>> {
+        let _ = id;
+        None
+    }
+
     /// Stores `record` under `id` unless a live record is there; returns whether it did.
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool>;
 
     /// Applies `changes` to the live record under `id`; returns `false` if there is none.
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool>;
+
+    /// [`save`](Provider::save) without waiting, as [`load_now`](Provider::load_now): `Some`
+    /// means the save is done (with `save`'s result), `None` means "call `save`". The default
+    /// is `None`.
+    fn save_now(&self, id: &SessionId, changes: &ChangeSet) -> Option<Result<bool>> {
+        let _ = (id, changes);
+        None
+    }
 
     /// Deletes the record under `id`, if any.
     async fn destroy(&self, id: &SessionId) -> Result<()>;

@@ -15,6 +15,12 @@ conformance!(memory, {
     (p, ())
 });
 
+#[tokio::test]
+async fn memory_answers_at_once() {
+    let p: Arc<dyn Provider> = Arc::new(MemoryProvider::new(1_000_000, Clock::system()));
+    assert!(suite::answers_at_once_agree(p).await);
+}
+
 conformance!(file, {
     let dir = tempfile::tempdir().unwrap();
     let p: Arc<dyn Provider> =

@@ -229,6 +229,31 @@ pub async fn concurrent_saves_of_distinct_keys_all_persist(p: Arc<dyn Provider>)
     assert_eq!(p.load(&a).await.unwrap().unwrap().values.len(), 20);
 }
 
+/// `load_now` / `save_now` are optional; where a backend answers, it answers as `load` / `save`.
+/// Returns whether the backend answered at once.
+pub async fn answers_at_once_agree(p: Arc<dyn Provider>) -> bool {
+    let a = id();
+    p.create(&a, &live(&[("k", "1")])).await.unwrap();
+    let Some(now) = p.load_now(&a) else {
+        assert!(p.save_now(&a, &set(&[("k", "2")])).is_none());
+        return false;
+    };
+    assert_eq!(now.unwrap(), p.load(&a).await.unwrap());
+    assert!(p.load_now(&id()).unwrap().unwrap().is_none());
+    assert!(p.save_now(&a, &set(&[("k", "2")])).unwrap().unwrap());
+    assert_eq!(
+        values(&p.load(&a).await.unwrap().unwrap()),
+        HashMap::from([("k", "2")])
+    );
+    assert!(
+        !p.save_now(&id(), &set(&[("k", "3")])).unwrap().unwrap(),
+        "save_now created a session"
+    );
+    p.destroy(&a).await.unwrap();
+    assert!(p.load_now(&a).unwrap().unwrap().is_none());
+    true
+}
+
 /// Runs every clause against a backend: `conformance!(name, async-block-returning (provider, guard))`.
 #[macro_export]
 macro_rules! conformance {
@@ -241,7 +266,7 @@ macro_rules! conformance {
                 deleting_the_last_key_persists, save_refreshes_expiry, save_never_recreates,
                 regenerate_moves_atomically, regenerate_never_overwrites,
                 expired_records_read_as_absent, count_and_gc_see_only_live_records,
-                concurrent_saves_of_distinct_keys_all_persist);
+                concurrent_saves_of_distinct_keys_all_persist, answers_at_once_agree);
         }
     };
     (@tests $make:expr; $($test:ident),*) => {
