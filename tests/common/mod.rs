@@ -266,6 +266,16 @@ pub fn backends() -> Vec<Backend> {
         },
         guard: Box::new(dir),
     });
+    let dir = tempfile::tempdir().unwrap();
+    all.push(Backend {
+        name: "file,sync=lifecycle",
+        options: Options {
+            provider: "file".into(),
+            provider_config: format!("{},sync=lifecycle", dir.path().join("s").display()),
+            ..Default::default()
+        },
+        guard: Box::new(dir),
+    });
     #[cfg(feature = "sled")]
     {
         let dir = tempfile::tempdir().unwrap();

@@ -28,6 +28,17 @@ conformance!(file, {
     (p, dir)
 });
 
+conformance!(file_sync_lifecycle, {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = sessioner::provider::ProviderContext::new(
+        format!("{},sync=lifecycle", dir.path().join("s").display()),
+        Clock::system(),
+        std::time::Duration::from_secs(3600),
+    );
+    let p = sessioner::provider::build("file", &ctx).unwrap();
+    (p, dir)
+});
+
 #[cfg(feature = "sled")]
 conformance!(sled, {
     let dir = tempfile::tempdir().unwrap();
