@@ -367,6 +367,13 @@ impl Provider for MemoryProvider {
                     break;
                 }
             }
+            // A table never shrinks by itself: after a wave of sessions expires, give the
+            // memory back once the shard is under a quarter full (room to double kept).
+            let mut shard = self.lock(i);
+            if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
+                let keep = shard.len() * 2;
+                shard.shrink_to(keep);
+            }
         }
         Ok(removed)
     }
