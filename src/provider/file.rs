@@ -12,13 +12,15 @@
 //!   record, never a torn one, and a save or a destroy that was answered stays done. The cost
 //!   is two disk flushes per save: on a virtual disk, a few thousand saves per second at most.
 //! - `sync=lifecycle`: creating, regenerating and destroying a session (a login, a logout)
-//!   are flushed as above. An ordinary save is written the same way (temporary file, rename:
-//!   readers never see a torn record) but not flushed: it survives a crash of the process at
-//!   once, and a crash of the machine once the kernel has written it back (on Linux within
-//!   about 30 s by default). A machine crash can therefore lose the last seconds of value
-//!   changes; on a filesystem that does not order a rename after its file's data (ext4 does),
-//!   it can also leave a damaged record, which reads as no session (the visitor starts
-//!   afresh), never as wrong data. Many times faster than `always`.
+//!   are written and flushed as above. An ordinary save overwrites the record file in place
+//!   with a single `write` (padded with spaces to the old length, so it never needs a
+//!   truncation) and is not flushed: readers in this process never see it half done (they
+//!   take the same lock), it survives a crash of the process at once, and a crash of the
+//!   machine once the kernel has written it back (on Linux within about 30 s by default). A
+//!   machine crash can therefore lose the last seconds of value changes, or tear a record
+//!   that was being written back; a torn record reads as damaged, which means no session
+//!   (the visitor starts afresh), never wrong data. Many times faster than `always`: no
+//!   file is created, renamed or deleted per save.
 //!
 //! Concurrent requests of this process on one session are serialised by a striped lock and
 //! merged per key; several processes sharing one root directory are not coordinated (last
@@ -28,10 +30,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use rand::TryRngCore;
 
 use super::blocking;
 use super::{Provider, ProviderContext, Regenerated};
@@ -44,6 +46,8 @@ const NAME: &str = "file";
 /// The root directory when `provider_config` is empty, as macaron.
 pub const DEFAULT_DIR: &str = "data/sessions";
 const STRIPES: usize = 64;
+/// Numbers temporary files.
+static TEMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 /// The file provider.
 #[derive(Debug)]
@@ -154,7 +158,8 @@ fn make_dir(dir: &Path) -> io::Result<()> {
 
 enum Read2 {
     Missing,
-    Live(Record),
+    /// A live record, and the length of its file.
+    Live(Record, usize),
     Dead,
 }
 
@@ -186,7 +191,7 @@ impl Inner {
         Ok(if record.is_expired(self.clock.now_ms()) {
             Read2::Dead
         } else {
-            Read2::Live(record)
+            Read2::Live(record, bytes.len())
         })
     }
 
@@ -194,18 +199,27 @@ impl Inner {
     fn write(&self, key: &str, record: &Record, flush: bool) -> io::Result<()> {
         let path = self.path(key);
         let dir = self.root.join(&key[..2]);
-        make_dir(&dir)?;
-        let mut suffix = [0u8; 8];
-        rand::rngs::OsRng
-            .try_fill_bytes(&mut suffix)
-            .map_err(io::Error::other)?;
-        let tmp = dir.join(format!(".{key}.{:016x}.tmp", u64::from_le_bytes(suffix)));
-        let result = (|| {
-            let mut f = OpenOptions::new()
+        // Unique within this process (the key's stripe lock is held) and across processes.
+        let tmp = dir.join(format!(
+            ".{key}.{}-{}.tmp",
+            std::process::id(),
+            TEMP_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        ));
+        let create = || {
+            OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&tmp)?;
+                .open(&tmp)
+        };
+        let mut f = match create() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                make_dir(&dir)?;
+                create()?
+            }
+            other => other?,
+        };
+        let result = (|| {
             f.write_all(&record.encode())?;
             if flush {
                 f.sync_data()?;
@@ -221,6 +235,23 @@ impl Inner {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// `sync=lifecycle`'s save: overwrites the record file in place with one `write`, padded
+    /// with spaces (which the record's JSON ignores) to the old length, so a shorter record
+    /// needs no truncation and a process crash cannot leave half of it. Readers hold the
+    /// key's stripe lock, as the writer does, so none sees a write in progress.
+    fn overwrite(&self, key: &str, record: &Record, old_len: usize) -> io::Result<()> {
+        let mut f = match OpenOptions::new().write(true).open(self.path(key)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.write(key, record, false),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = record.encode();
+        if bytes.len() < old_len {
+            bytes.resize(old_len, b' ');
+        }
+        f.write_all(&bytes)
     }
 
     /// Deletes a record; `durable` syncs the directory too, so a destroyed session stays dead
@@ -279,11 +310,14 @@ impl Provider for FileProvider {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
         let key = id.storage_key();
         let read = self
-            .run(move |i| i.read(&key))
+            .run(move |i| {
+                let _guard = i.lock(i.stripe(&key));
+                i.read(&key)
+            })
             .await
             .map_err(corrupt_or_backend)?;
         Ok(match read {
-            Read2::Live(r) => Some(r),
+            Read2::Live(r, _) => Some(r),
             _ => None,
         })
     }
@@ -293,7 +327,7 @@ impl Provider for FileProvider {
         self.run(move |i| {
             let _guard = i.lock(i.stripe(&key));
             match i.read(&key) {
-                Ok(Read2::Live(_)) => Ok(false),
+                Ok(Read2::Live(..)) => Ok(false),
                 // Missing, expired or damaged: the id is free.
                 _ => i.write(&key, &record, true).map(|()| true),
             }
@@ -306,10 +340,13 @@ impl Provider for FileProvider {
         self.run(move |i| {
             let _guard = i.lock(i.stripe(&key));
             match i.read(&key)? {
-                Read2::Live(mut record) => {
+                Read2::Live(mut record, len) => {
                     record.apply(&changes);
-                    i.write(&key, &record, i.sync == SyncMode::Always)
-                        .map(|()| true)
+                    match i.sync {
+                        SyncMode::Always => i.write(&key, &record, true)?,
+                        SyncMode::Lifecycle => i.overwrite(&key, &record, len)?,
+                    }
+                    Ok(true)
                 }
                 _ => Ok(false),
             }
@@ -333,11 +370,11 @@ impl Provider for FileProvider {
             let (a, b) = (i.stripe(&old), i.stripe(&new));
             let _first = i.lock(a.min(b));
             let _second = (a != b).then(|| i.lock(a.max(b)));
-            if let Ok(Read2::Live(_)) = i.read(&new) {
+            if let Ok(Read2::Live(..)) = i.read(&new) {
                 return Ok(Regenerated::Collision);
             }
             let outcome = match i.read(&old)? {
-                Read2::Live(record) => {
+                Read2::Live(record, _) => {
                     i.write(&new, &record, true)?;
                     Regenerated::Moved
                 }
@@ -387,6 +424,29 @@ impl Provider for FileProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overwrite_pads_a_shorter_record_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = FileProvider::with_sync(dir.path(), Clock::system(), SyncMode::Lifecycle).unwrap();
+        let i = &p.inner;
+        let key = "ab".repeat(32);
+        let record = |value: &str| Record {
+            values: [("k".to_owned(), value.to_owned())].into(),
+            expires_at: u64::MAX / 2,
+            absolute_deadline: None,
+        };
+        i.write(&key, &record(&"x".repeat(100)), false).unwrap();
+        let Read2::Live(_, len) = i.read(&key).unwrap() else {
+            panic!("not stored")
+        };
+        i.overwrite(&key, &record("y"), len).unwrap();
+        assert_eq!(fs::metadata(i.path(&key)).unwrap().len(), len as u64);
+        let Read2::Live(back, _) = i.read(&key).unwrap() else {
+            panic!("unreadable after overwrite")
+        };
+        assert_eq!(back, record("y"));
+    }
 
     #[test]
     fn config_forms() {
