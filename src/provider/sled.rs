@@ -39,17 +39,22 @@
 //! sort by time), so an ordinary save, which pushes the deadline forward, writes the index
 //! only when the deadline crosses into another bucket: once every tenth of a lifetime per
 //! session, not on every request. A writer adds the new entry before it swaps the record
-//! (so a crash leaves at worst a stale entry, never an unindexed record), makes sure it is
-//! still there after the swap, and removes the old entry afterwards; whoever removes an
-//! entry reads the record again and puts the entry back if a concurrent writer just moved
-//! the record into that bucket. Entries may thus be stale or duplicated: `gc` judges each
-//! one against the record's own deadline. A bucket is never before the deadline it stands
-//! for, so every record expired by now has an entry at or before the current bucket: `gc`
-//! walks exactly those entries, deletes the expired (or damaged) records, keeps the entries
-//! of the live records of the current bucket (at most about a tenth of the live sessions,
-//! read but not decoded), and drops stale ones. [`count`](Provider::count) does not trust
-//! the index: it walks the records and reads each one's deadline from its header, without
-//! decoding the values.
+//! (so an interruption between the two leaves at worst a stale entry, never an unindexed
+//! record), makes sure it is still there after the swap, and removes the old entry
+//! afterwards; whoever removes an entry reads the record again and puts the entry back if a
+//! concurrent writer just moved the record into that bucket. Entries may thus be stale,
+//! orphaned or duplicated: `gc` judges each one against the record's own deadline, keeping
+//! an entry only while its record is live and the entry is not before its deadline. A
+//! bucket is never before the deadline it stands for, so every record expired by now has an
+//! entry at or before the current bucket: `gc` walks exactly those entries, deletes the
+//! expired (or damaged) records, keeps the entries of the live records of the current
+//! bucket (typically a tenth of the live sessions, whose headers it reads), and drops the
+//! others. So `gc` still deletes every record expired when it runs, with no lag. (Entries
+//! written with a wider bucket, under a larger `max_lifetime` before a restart, stay valid
+//! and may be collected up to one of those buckets late; entries of older versions, which
+//! held the exact deadline, are buckets of their own.) [`count`](Provider::count) does not
+//! trust the index: it walks the records and reads each one's deadline from its header,
+//! without decoding the values.
 //!
 //! Durability: `create`, `regenerate` and `destroy` return only after
 //! [`flush_async`](::sled::Tree::flush_async) has written and `fsync`ed them, so a login or a
