@@ -71,7 +71,7 @@ async fn data_survives_closing_and_reopening() {
             Regenerated::Moved
         );
     }
-    let p = SledProvider::open(&path, clock.clone()).unwrap();
+    let p = reopen_provider(&path, &clock);
     let r = p
         .load(&kept)
         .await
@@ -118,7 +118,17 @@ async fn a_held_directory_is_a_configuration_error() {
         Clock::system(),
         Duration::from_secs(60),
     );
-    let p = build("ledis", &ctx).unwrap();
+    // sled releases the lock from a background thread just after the last handle drops.
+    let p = (0..1_000_000)
+        .find_map(|_| match build("ledis", &ctx) {
+            Err(Error::ProviderConfig { reason, .. }) if reason.contains("in use") => {
+                std::thread::yield_now();
+                None
+            }
+            other => Some(other),
+        })
+        .expect("the directory stayed locked")
+        .unwrap();
     assert_eq!(p.count().await.unwrap(), 0);
     assert!(!format!("{p:?}").contains("contents"));
 }
@@ -230,6 +240,20 @@ fn reopen(path: &Path) -> sled::Db {
         match sled::open(path) {
             Ok(db) => return db,
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+    panic!("{} stayed locked after the provider closed", path.display());
+}
+
+/// [`reopen`] for the provider itself.
+fn reopen_provider(path: &Path, clock: &Clock) -> SledProvider {
+    for _ in 0..1_000_000 {
+        match SledProvider::open(path, clock.clone()) {
+            Ok(p) => return p,
+            Err(Error::ProviderConfig { reason, .. }) if reason.contains("in use") => {
                 std::thread::yield_now();
             }
             Err(e) => panic!("cannot reopen {}: {e}", path.display()),
