@@ -1,9 +1,12 @@
 //! The sled provider beyond the conformance suite: durability across reopening, the
-//! directory lock, hashed keys (S5), and GC through the expiry index.
+//! directory lock, hashed keys (S5), GC through the coarse expiry index, stale index
+//! entries, and concurrent writers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sessioner::provider::sled::SledProvider;
@@ -67,7 +70,7 @@ async fn data_survives_closing_and_reopening() {
             Regenerated::Moved
         );
     }
-    let p = SledProvider::open(&path, clock.clone()).unwrap();
+    let p = reopen_provider(&path, &clock);
     let r = p
         .load(&kept)
         .await
@@ -114,7 +117,17 @@ async fn a_held_directory_is_a_configuration_error() {
         Clock::system(),
         Duration::from_secs(60),
     );
-    let p = build("ledis", &ctx).unwrap();
+    // sled releases the lock from a background thread just after the last handle drops.
+    let p = (0..1_000_000)
+        .find_map(|_| match build("ledis", &ctx) {
+            Err(Error::ProviderConfig { reason, .. }) if reason.contains("in use") => {
+                std::thread::yield_now();
+                None
+            }
+            other => Some(other),
+        })
+        .expect("the directory stayed locked")
+        .unwrap();
     assert_eq!(p.count().await.unwrap(), 0);
     assert!(!format!("{p:?}").contains("contents"));
 }
@@ -136,7 +149,7 @@ async fn s5_sled_keys_never_equal_cookie_values() {
             assert!(p.save(sid, &set(&clock, "j", "2")).await.unwrap());
         }
     }
-    let db = sled::open(&path).unwrap();
+    let db = reopen(&path);
     let mut seen = 0;
     for name in db.tree_names() {
         for entry in db.open_tree(&name).unwrap().iter() {
@@ -205,5 +218,292 @@ async fn r7_sled_gc_walks_the_expiry_index_in_batches() {
     clock.advance(Duration::from_secs(2 * 3600));
     assert!(!p.save(&touched, &set(&clock, "k", "v")).await.unwrap());
     assert_eq!(p.gc().await.unwrap(), 6);
+    assert_eq!(p.count().await.unwrap(), 0);
+}
+
+const RECORDS: &str = "sessioner/records";
+const EXPIRY: &str = "sessioner/expiry";
+
+/// An expiry index key as the provider writes it: the bucket, big-endian, then the storage key.
+fn entry(bucket: u64, sid: &SessionId) -> Vec<u8> {
+    let mut key = bucket.to_be_bytes().to_vec();
+    key.extend_from_slice(sid.storage_key().as_bytes());
+    key
+}
+
+/// Opens the database directly once the provider has closed it. sled releases its directory
+/// lock from a background thread just after the last handle drops, so a refusal is retried
+/// for a moment (polling, not sleeping).
+fn reopen(path: &Path) -> sled::Db {
+    for _ in 0..1_000_000 {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+    panic!("{} stayed locked after the provider closed", path.display());
+}
+
+/// [`reopen`] for the provider itself.
+fn reopen_provider(path: &Path, clock: &Clock) -> SledProvider {
+    for _ in 0..1_000_000 {
+        match SledProvider::open(path, clock.clone()) {
+            Ok(p) => return p,
+            Err(Error::ProviderConfig { reason, .. }) if reason.contains("in use") => {
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+    panic!("{} stayed locked after the provider closed", path.display());
+}
+
+/// The index entries of a closed database, as (bucket, storage key).
+fn index_of(path: &Path) -> Vec<(u64, String)> {
+    let db = reopen(path);
+    db.open_tree(EXPIRY)
+        .unwrap()
+        .iter()
+        .keys()
+        .map(|k| {
+            let k = k.unwrap();
+            let (bucket, key) = k.split_at(8);
+            (
+                u64::from_be_bytes(bucket.try_into().unwrap()),
+                String::from_utf8(key.to_vec()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn records_of(path: &Path) -> usize {
+    reopen(path).open_tree(RECORDS).unwrap().len()
+}
+
+fn round_up(deadline: u64, bucket: u64) -> u64 {
+    deadline.div_ceil(bucket) * bucket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_holds_coarse_buckets_and_moves_only_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Clock::manual();
+    // A lifetime of 10 s: buckets of 1 s.
+    let lifetime = Duration::from_secs(10);
+    let (same, moved) = (id(), id());
+    let base = round_up(clock.now_ms(), 1_000) + 10_000;
+    let (same_deadline, moved_deadline) = {
+        let p = SledProvider::open_with_lifetime(&path, clock.clone(), lifetime).unwrap();
+        for sid in [&same, &moved] {
+            let mut r = record(&clock, &[("k", "1")], 0);
+            r.expires_at = base + 100;
+            assert!(p.create(sid, &r).await.unwrap());
+        }
+        // Within the bucket, then into the next one.
+        let mut within = set(&clock, "k", "2");
+        within.expires_at = base + 900;
+        assert!(p.save(&same, &within).await.unwrap());
+        let mut across = set(&clock, "k", "3");
+        across.expires_at = base + 1_500;
+        assert!(p.save(&moved, &across).await.unwrap());
+        (within.expires_at, across.expires_at)
+    };
+    let mut index = index_of(&path);
+    index.sort();
+    let mut expected = vec![
+        (round_up(same_deadline, 1_000), same.storage_key()),
+        (round_up(moved_deadline, 1_000), moved.storage_key()),
+    ];
+    expected.sort();
+    assert_eq!(
+        index, expected,
+        "one entry per record, in its deadline's bucket"
+    );
+    assert_eq!(expected[0].0, base + 1_000);
+    assert_eq!(expected[1].0, base + 2_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_and_count_treat_index_entries_as_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Clock::manual();
+    let lifetime = Duration::from_secs(10);
+    let (a, b, ghost) = (id(), id(), id());
+    {
+        let p = SledProvider::open_with_lifetime(&path, clock.clone(), lifetime).unwrap();
+        for sid in [&a, &b] {
+            assert!(
+                p.create(sid, &record(&clock, &[("k", "1")], 5_000))
+                    .await
+                    .unwrap()
+            );
+        }
+    }
+    // What a crash between the steps of a write leaves behind: a stale entry of `a` (an
+    // earlier deadline), a later duplicate of `b`, and entries of a record that never landed.
+    let now = clock.now_ms();
+    {
+        let db = reopen(&path);
+        let expiry = db.open_tree(EXPIRY).unwrap();
+        for key in [
+            entry(now - 60_000, &a),
+            entry(now + 60_000, &b),
+            entry(now - 60_000, &ghost),
+            entry(now + 120_000, &ghost),
+        ] {
+            expiry.insert(key, &[][..]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    assert_eq!(index_of(&path).len(), 6);
+    {
+        let p = SledProvider::open_with_lifetime(&path, clock.clone(), lifetime).unwrap();
+        assert_eq!(p.count().await.unwrap(), 2, "count trusted the index");
+        assert_eq!(p.gc().await.unwrap(), 0, "gc removed a live record");
+        assert_eq!(p.count().await.unwrap(), 2);
+        for sid in [&a, &b] {
+            assert!(p.load(sid).await.unwrap().is_some());
+        }
+    }
+    // The past entries without a record behind them are gone; the rest stays.
+    let mut left: Vec<_> = index_of(&path).into_iter().map(|(_, k)| k).collect();
+    left.sort();
+    let mut expected = vec![
+        a.storage_key(),
+        b.storage_key(),
+        b.storage_key(),
+        ghost.storage_key(),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
+    {
+        let p = SledProvider::open_with_lifetime(&path, clock.clone(), lifetime).unwrap();
+        // Both expire; each is collected through an entry of its own.
+        clock.advance(Duration::from_secs(6));
+        assert_eq!(p.count().await.unwrap(), 0);
+        assert_eq!(p.gc().await.unwrap(), 2);
+        assert_eq!(p.gc().await.unwrap(), 0);
+        // Once their buckets are due, the left-over entries are dropped too.
+        clock.advance(Duration::from_secs(180));
+        assert_eq!(p.gc().await.unwrap(), 0);
+    }
+    assert_eq!(records_of(&path), 0);
+    assert_eq!(index_of(&path), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_saves_from_many_tasks_all_land_and_stay_collectable() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual();
+    // Buckets of 100 ms: the saves below move the deadlines back and forth across several.
+    let lifetime = Duration::from_secs(1);
+    let p = Arc::new(
+        SledProvider::open_with_lifetime(dir.path().join("db"), clock.clone(), lifetime).unwrap(),
+    );
+    const SESSIONS: usize = 4;
+    const TASKS: usize = 16;
+    const SAVES: usize = 25;
+    let sids: Vec<SessionId> = (0..SESSIONS).map(|_| id()).collect();
+    for sid in &sids {
+        assert!(p.create(sid, &record(&clock, &[], 1_000)).await.unwrap());
+    }
+    let now = clock.now_ms();
+    let tasks: Vec<_> = (0..SESSIONS * TASKS)
+        .map(|i| {
+            let (p, sid, t) = (Arc::clone(&p), sids[i % SESSIONS].clone(), i / SESSIONS);
+            tokio::spawn(async move {
+                for n in 0..SAVES {
+                    let mut changes = ChangeSet::default();
+                    changes.set.insert(format!("t{t}"), n.to_string());
+                    changes.expires_at = now + 1_000 + ((t * 7 + n * 13) % 50) as u64 * 10;
+                    assert!(p.save(&sid, &changes).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for sid in &sids {
+        let r = p.load(sid).await.unwrap().unwrap();
+        assert_eq!(r.values.len(), TASKS);
+        for t in 0..TASKS {
+            assert_eq!(
+                r.values[&format!("t{t}")],
+                (SAVES - 1).to_string(),
+                "task {t}"
+            );
+        }
+    }
+    assert_eq!(p.count().await.unwrap(), SESSIONS);
+    // Whatever the interleaving, every record kept an index entry that gc finds.
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(p.count().await.unwrap(), 0);
+    assert_eq!(
+        p.gc().await.unwrap(),
+        SESSIONS,
+        "a record lost its index entry"
+    );
+    assert_eq!(p.gc().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_racing_a_regenerate_are_carried_over_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual();
+    let p = Arc::new(SledProvider::open(dir.path().join("db"), clock.clone()).unwrap());
+    const TASKS: usize = 8;
+    for _ in 0..20 {
+        let (old, new) = (id(), id());
+        assert!(p.create(&old, &record(&clock, &[], HOUR)).await.unwrap());
+        // Each task saves its own key until a save is refused; the last accepted value of
+        // every task must end up under the new id.
+        let savers: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let (p, old, clock) = (Arc::clone(&p), old.clone(), clock.clone());
+                tokio::spawn(async move {
+                    let mut last = None;
+                    for n in 0..200 {
+                        if !p
+                            .save(&old, &set(&clock, &format!("t{t}"), &n.to_string()))
+                            .await
+                            .unwrap()
+                        {
+                            break;
+                        }
+                        last = Some(n);
+                    }
+                    last
+                })
+            })
+            .collect();
+        let regen = {
+            let (p, old, new) = (Arc::clone(&p), old.clone(), new.clone());
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                p.regenerate(&old, &new).await.unwrap()
+            })
+        };
+        let mut accepted = Vec::new();
+        for s in savers {
+            accepted.push(s.await.unwrap());
+        }
+        assert_eq!(regen.await.unwrap(), Regenerated::Moved);
+        assert!(p.load(&old).await.unwrap().is_none(), "the old id survived");
+        let moved = p.load(&new).await.unwrap().expect("the session was lost");
+        for (t, last) in accepted.iter().enumerate() {
+            assert_eq!(
+                moved.values.get(&format!("t{t}")),
+                last.map(|n| n.to_string()).as_ref(),
+                "task {t}: an accepted save was lost, or a refused one landed"
+            );
+        }
+        p.destroy(&new).await.unwrap();
+    }
     assert_eq!(p.count().await.unwrap(), 0);
 }

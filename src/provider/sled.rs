@@ -11,13 +11,50 @@
 //! [`Error::ProviderConfig`].
 //!
 //! Layout: one tree maps [`SessionId::storage_key`] (the SHA-256 of the id, never the id) to
-//! the [`Record::encode`]d record; a second tree indexes the records by expiry (key: the
-//! idle deadline in big-endian milliseconds followed by the storage key), so
-//! [`gc`](Provider::gc) deletes expired records in key order, in bounded batches, without
-//! reading or decoding live sessions, and [`count`](Provider::count) counts index keys.
-//! Every write changes both trees in one sled transaction, so the index never disagrees
-//! with the records. A save reads, merges (per key) and writes the record inside that
-//! transaction: concurrent requests changing different keys of one session all survive.
+//! the [`Record::encode`]d record; a second tree indexes the records by expiry, so
+//! [`gc`](Provider::gc) finds expired records in key order, in bounded batches, without
+//! reading live sessions far from expiry.
+//!
+//! No transactions: every write is a single-key
+//! [`compare_and_swap`](::sled::Tree::compare_and_swap) on the records tree. sled 0.34
+//! switches the whole process into a mode where every operation takes one global `RwLock` as
+//! soon as any transaction (or `apply_batch`, or `checksum`) has run; transactions take it
+//! exclusively and sled's flusher holds it shared while it writes, so with transactions the
+//! sessions of all requests queue behind each other and behind the disk. This provider
+//! never uses them: a save reads the record, checks that it is live, merges the change set
+//! (per key), and swaps the new bytes in only if the record is still the one it read,
+//! retrying on a conflict, so concurrent requests changing different keys of one session
+//! all survive, and a save never re-creates a destroyed, expired or regenerated session. A
+//! damaged record makes the save fail with [`Error::Corrupt`]. `create` swaps from absent
+//! (or from an expired or damaged record, which does not hold its id); `regenerate` copies
+//! the record under the new id (only if nothing live is there), then deletes the old id only
+//! if it is unchanged: a save that landed on the old id meanwhile is carried over and the
+//! deletion retried, and if the old id was destroyed meanwhile the copy is taken back, so
+//! the old id is dead when it returns and a session is never live under both ids past the
+//! call; `gc` deletes a record only if it is still the expired one it read.
+//!
+//! The expiry index is therefore a hint that cannot change atomically with the record.
+//! Its key is a coarse deadline followed by the storage key: the record's idle deadline
+//! rounded up to a bucket of a tenth of `max_lifetime` (big-endian milliseconds, so keys
+//! sort by time), so an ordinary save, which pushes the deadline forward, writes the index
+//! only when the deadline crosses into another bucket: once every tenth of a lifetime per
+//! session, not on every request. A writer adds the new entry before it swaps the record
+//! (so an interruption between the two leaves at worst a stale entry, never an unindexed
+//! record), makes sure it is still there after the swap, and removes the old entry
+//! afterwards; whoever removes an entry reads the record again and puts the entry back if a
+//! concurrent writer just moved the record into that bucket. Entries may thus be stale,
+//! orphaned or duplicated: `gc` judges each one against the record's own deadline, keeping
+//! an entry only while its record is live and the entry is not before its deadline. A
+//! bucket is never before the deadline it stands for, so every record expired by now has an
+//! entry at or before the current bucket: `gc` walks exactly those entries, deletes the
+//! expired (or damaged) records, keeps the entries of the live records of the current
+//! bucket (typically a tenth of the live sessions, whose headers it reads), and drops the
+//! others. So `gc` still deletes every record expired when it runs, with no lag. (Entries
+//! written with a wider bucket, under a larger `max_lifetime` before a restart, stay valid
+//! and may be collected up to one of those buckets late; entries of older versions, which
+//! held the exact deadline, are buckets of their own.) [`count`](Provider::count) does not
+//! trust the index: it walks the records and reads each one's deadline from its header,
+//! without decoding the values.
 //!
 //! Durability: `create`, `regenerate` and `destroy` return only after
 //! [`flush_async`](::sled::Tree::flush_async) has written and `fsync`ed them, so a login or a
@@ -25,23 +62,35 @@
 //! run, every 500 ms by default: a crash can lose the value changes of the last half second,
 //! never a session's existence or its death.
 //!
-//! sled 0.34 runs every transaction under a process-wide lock that its background flusher
-//! also takes, so any call may wait for disk I/O. Every call therefore runs on tokio's
-//! blocking pool and is bounded by a timeout ([`Error::Unavailable`] when it expires).
+//! Where the work runs: `load` and `save`, the calls of every request, run inline on the
+//! async worker. Since no transaction ever runs in this process's sled, its reads and
+//! single-key writes take no lock shared with other requests or with the flusher (only an
+//! atomic counter, and epoch-based reclamation): a read walks in-memory pages, and a write
+//! appends to an in-memory log buffer whose disk writes and `fsync`s happen on sled's own
+//! threads. The disk is waited for only when a page evicted from sled's cache (1 GiB by
+//! default) is read back, or briefly when the log rolls to a new segment. Handing these
+//! microseconds to tokio's blocking pool cost more than the work itself (about twice the
+//! CPU per request, measured with `scripts/bench`). An inline call cannot be timed out; the
+//! equivalent bound is sled's own: a failed disk write poisons the database, after which
+//! every write fails at once with [`Error::Backend`] instead of waiting. `create`,
+//! `regenerate`, `destroy` (rare, and followed by a flush), `count` and `gc` (scans) run on
+//! tokio's blocking pool, bounded by a timeout ([`Error::Unavailable`] when it expires; the
+//! blocked thread itself finishes its call); their flush is bounded by the same timeout.
 //! Opening the database happens when the provider is built (configuration time) and blocks
-//! the calling thread while sled recovers its log.
+//! the calling thread while sled recovers its log. Note that sled's lock mode is
+//! process-wide: any other code in the process that runs a sled transaction, `apply_batch`
+//! or `checksum`, on any sled database, puts these calls back behind sled's global lock
+//! (still correct, only slower).
 
 use std::fmt;
 use std::fs;
+use std::ops::Bound;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use ::sled::transaction::{
-    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
-    TransactionalTree, UnabortableTransactionError,
-};
-use ::sled::{IVec, Transactional};
+use ::sled::IVec;
 use async_trait::async_trait;
 
 use super::blocking;
@@ -54,8 +103,12 @@ use crate::record::{ChangeSet, Record, peek_expiry};
 const NAME: &str = "sled";
 const RECORDS_TREE: &[u8] = b"sessioner/records";
 const EXPIRY_TREE: &[u8] = b"sessioner/expiry";
-/// How many expired records one GC step removes (one transaction, one blocking call).
+/// How many index entries one GC step examines (one blocking call).
 const GC_BATCH: usize = 256;
+/// The idle lifetime [`SledProvider::open`] assumes: `Options`' default `max_lifetime`.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// The expiry index rounds deadlines up to buckets of this fraction of the idle lifetime.
+const BUCKETS_PER_LIFETIME: u64 = 10;
 
 /// The sled provider. Cheap to share; the database closes when the last handle drops.
 pub struct SledProvider {
@@ -68,6 +121,8 @@ struct Inner {
     records: ::sled::Tree,
     expiry: ::sled::Tree,
     clock: Clock,
+    /// The width of one expiry index bucket, in milliseconds (at least 1).
+    bucket_ms: u64,
 }
 
 impl fmt::Debug for SledProvider {
@@ -75,16 +130,31 @@ impl fmt::Debug for SledProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SledProvider")
             .field("dir", &self.inner.dir)
+            .field("bucket_ms", &self.inner.bucket_ms)
             .finish_non_exhaustive()
     }
 }
 
 impl SledProvider {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, for sessions of the default idle lifetime
+    /// (one hour); see [`open_with_lifetime`](SledProvider::open_with_lifetime).
     ///
     /// Blocks while sled opens and recovers its log. A directory held by another process or
     /// provider is [`Error::ProviderConfig`].
     pub fn open(dir: impl Into<PathBuf>, clock: Clock) -> Result<Self> {
+        SledProvider::open_with_lifetime(dir, clock, DEFAULT_LIFETIME)
+    }
+
+    /// Opens (or creates) the database in `dir` for sessions whose idle lifetime is
+    /// `max_lifetime`: the expiry index groups deadlines in buckets of a tenth of it.
+    ///
+    /// Blocks while sled opens and recovers its log. A directory held by another process or
+    /// provider is [`Error::ProviderConfig`].
+    pub fn open_with_lifetime(
+        dir: impl Into<PathBuf>,
+        clock: Clock,
+        max_lifetime: Duration,
+    ) -> Result<Self> {
         let dir = dir.into();
         if dir.as_os_str().is_empty() {
             return Err(ProviderContext::error(
@@ -107,6 +177,7 @@ impl SledProvider {
             .open_tree(RECORDS_TREE)
             .map_err(|e| open_error(&dir, e))?;
         let expiry = db.open_tree(EXPIRY_TREE).map_err(|e| open_error(&dir, e))?;
+        let lifetime_ms = u64::try_from(max_lifetime.as_millis()).unwrap_or(u64::MAX);
         Ok(SledProvider {
             inner: Arc::new(Inner {
                 dir,
@@ -114,6 +185,7 @@ impl SledProvider {
                 records,
                 expiry,
                 clock,
+                bucket_ms: (lifetime_ms / BUCKETS_PER_LIFETIME).max(1),
             }),
         })
     }
@@ -121,12 +193,14 @@ impl SledProvider {
     /// The registry factory (`sled` and `ledis`): the config is the data directory, or
     /// `data_dir=<dir>[,db=N]`.
     pub fn factory(ctx: &ProviderContext) -> Result<Arc<dyn Provider>> {
-        Ok(Arc::new(SledProvider::open(
+        Ok(Arc::new(SledProvider::open_with_lifetime(
             parse_config(&ctx.config)?,
             ctx.clock.clone(),
+            ctx.max_lifetime,
         )?))
     }
 
+    /// Runs `work` on tokio's blocking pool, bounded by [`blocking::TIMEOUT`].
     async fn run<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
@@ -183,74 +257,109 @@ fn storage(e: ::sled::Error) -> Error {
     Error::backend(NAME, e)
 }
 
-fn tx_error(e: TransactionError<Error>) -> Error {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => storage(e),
-    }
-}
-
-/// The expiry index key: the deadline, big-endian so keys sort by time, then the storage key.
-fn index_key(expires_at: u64, key: &[u8]) -> Vec<u8> {
+/// The expiry index key: the bucket, big-endian so keys sort by time, then the storage key.
+fn index_key(bucket: u64, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + key.len());
-    out.extend_from_slice(&expires_at.to_be_bytes());
+    out.extend_from_slice(&bucket.to_be_bytes());
     out.extend_from_slice(key);
     out
 }
 
-/// What a transaction finds under a storage key.
+/// What a storage key holds.
 enum Slot {
     Missing,
     Live(IVec, Record),
-    Expired(u64),
-    /// Undecodable; the deadline if at least the header could be read.
-    Corrupt(Option<u64>, Error),
+    /// Expired, or undecodable (a damaged record does not hold its id): the bytes, and the
+    /// deadline if at least the header could be read.
+    Dead(IVec, Option<u64>),
 }
 
-fn read(
-    records: &TransactionalTree,
-    key: &[u8],
-    now: u64,
-) -> std::result::Result<Slot, UnabortableTransactionError> {
-    let Some(bytes) = records.get(key)? else {
-        return Ok(Slot::Missing);
-    };
-    Ok(match Record::decode(&bytes) {
-        Ok(r) if r.is_expired(now) => Slot::Expired(r.expires_at),
-        Ok(r) => Slot::Live(bytes, r),
-        Err(e) => Slot::Corrupt(peek_expiry(&bytes).ok(), e),
-    })
-}
-
-/// Removes a dead (expired or damaged) record and its index entry.
-fn remove_dead(
-    records: &TransactionalTree,
-    expiry: &TransactionalTree,
-    key: &[u8],
-    deadline: Option<u64>,
-) -> std::result::Result<(), UnabortableTransactionError> {
-    records.remove(key)?;
-    if let Some(deadline) = deadline {
-        expiry.remove(index_key(deadline, key))?;
+impl Slot {
+    fn judge(current: Option<IVec>, now: u64) -> Slot {
+        let Some(bytes) = current else {
+            return Slot::Missing;
+        };
+        match Record::decode(&bytes) {
+            Ok(r) if !r.is_expired(now) => Slot::Live(bytes, r),
+            Ok(r) => Slot::Dead(bytes, Some(r.expires_at)),
+            Err(_) => {
+                let deadline = peek_expiry(&bytes).ok();
+                Slot::Dead(bytes, deadline)
+            }
+        }
     }
-    Ok(())
+
+    /// The stored bytes, what a compare-and-swap from this slot expects.
+    fn bytes(&self) -> Option<&IVec> {
+        match self {
+            Slot::Missing => None,
+            Slot::Live(bytes, _) | Slot::Dead(bytes, _) => Some(bytes),
+        }
+    }
 }
 
-type TxResult<T> = ConflictableTransactionResult<T, Error>;
+/// The outcome of one compare-and-swap: done, or the value found instead.
+type Swap = std::result::Result<(), Option<IVec>>;
 
 impl Inner {
-    /// Runs `f` as one transaction over both trees.
-    fn transaction<T>(
-        &self,
-        f: impl Fn(&TransactionalTree, &TransactionalTree) -> TxResult<T>,
-    ) -> Result<T> {
-        (&self.records, &self.expiry)
-            .transaction(|(records, expiry)| f(records, expiry))
-            .map_err(tx_error)
+    /// The index bucket of `deadline`: rounded up to a multiple of the bucket width, so a
+    /// bucket is never before the deadline it stands for.
+    fn bucket(&self, deadline: u64) -> u64 {
+        deadline
+            .div_ceil(self.bucket_ms)
+            .saturating_mul(self.bucket_ms)
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<IVec>> {
+        self.records.get(key).map_err(storage)
+    }
+
+    /// Replaces `old` (`None`: absent) by `new` (`None`: delete) under `key`, if `old` is
+    /// still what is stored.
+    fn swap(&self, key: &[u8], old: Option<&IVec>, new: Option<IVec>) -> Result<Swap> {
+        Ok(self
+            .records
+            .compare_and_swap(key, old, new)
+            .map_err(storage)?
+            .map_err(|e| e.current))
+    }
+
+    /// Adds the index entry for a record under `key` in `bucket` (a no-op if it is there).
+    fn index(&self, bucket: u64, key: &[u8]) -> Result<()> {
+        self.expiry
+            .insert(index_key(bucket, key), &[][..])
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Removes the index entry `bucket` of `key`, then puts it back if the record under
+    /// `key` belongs to that bucket after all: a writer that moved it there concurrently
+    /// added the entry before our removal.
+    fn unindex(&self, bucket: u64, key: &[u8]) -> Result<()> {
+        self.expiry
+            .remove(index_key(bucket, key))
+            .map_err(storage)?;
+        if let Some(bytes) = self.get(key)?
+            && peek_expiry(&bytes).is_ok_and(|d| self.bucket(d) == bucket)
+        {
+            self.index(bucket, key)?;
+        }
+        Ok(())
+    }
+
+    /// After a successful swap put a record of bucket `to` under `key` (replacing one of
+    /// bucket `from`, if any): makes sure its entry exists (a concurrent [`unindex`] may
+    /// have taken the one added before the swap) and drops the previous one.
+    fn reindex(&self, key: &[u8], from: Option<u64>, to: u64) -> Result<()> {
+        self.index(to, key)?;
+        match from {
+            Some(from) if from != to => self.unindex(from, key),
+            _ => Ok(()),
+        }
     }
 
     fn load(&self, key: &[u8]) -> Result<Option<Record>> {
-        let Some(bytes) = self.records.get(key).map_err(storage)? else {
+        let Some(bytes) = self.get(key)? else {
             return Ok(None);
         };
         let record = Record::decode(&bytes)?;
@@ -259,137 +368,223 @@ impl Inner {
 
     fn create(&self, key: &[u8], record: &Record) -> Result<bool> {
         let now = self.clock.now_ms();
-        let encoded = record.encode();
-        let index = index_key(record.expires_at, key);
-        self.transaction(|records, expiry| {
-            match read(records, key, now)? {
+        let encoded = IVec::from(record.encode());
+        let bucket = self.bucket(record.expires_at);
+        // The entry goes in first: an index entry without its record is only a stale hint,
+        // a record without an entry would never be collected.
+        self.index(bucket, key)?;
+        let mut current = self.get(key)?;
+        loop {
+            let slot = Slot::judge(current, now);
+            let replaced = match &slot {
                 Slot::Live(..) => return Ok(false),
-                Slot::Expired(deadline) => remove_dead(records, expiry, key, Some(deadline))?,
-                // A damaged record does not hold its id: it is replaced.
-                Slot::Corrupt(deadline, _) => remove_dead(records, expiry, key, deadline)?,
-                Slot::Missing => {}
+                Slot::Dead(_, deadline) => deadline.map(|d| self.bucket(d)),
+                Slot::Missing => None,
+            };
+            match self.swap(key, slot.bytes(), Some(encoded.clone()))? {
+                Ok(()) => {
+                    self.reindex(key, replaced, bucket)?;
+                    return Ok(true);
+                }
+                Err(found) => current = found,
             }
-            records.insert(key, encoded.as_slice())?;
-            expiry.insert(index.as_slice(), &[][..])?;
-            Ok(true)
-        })
+        }
     }
 
     fn save(&self, key: &[u8], changes: &ChangeSet) -> Result<bool> {
         let now = self.clock.now_ms();
-        self.transaction(|records, expiry| match read(records, key, now)? {
-            Slot::Live(_, mut record) => {
-                let before = record.expires_at;
-                record.apply(changes);
-                if record.expires_at != before {
-                    expiry.remove(index_key(before, key))?;
-                    expiry.insert(index_key(record.expires_at, key), &[][..])?;
-                }
-                records.insert(key, record.encode())?;
-                Ok(true)
+        let mut current = self.get(key)?;
+        loop {
+            let Some(bytes) = current else {
+                return Ok(false);
+            };
+            let mut record = Record::decode(&bytes)?;
+            if record.is_expired(now) {
+                return Ok(false);
             }
-            Slot::Corrupt(_, e) => Err(ConflictableTransactionError::Abort(e)),
-            Slot::Missing | Slot::Expired(_) => Ok(false),
-        })
+            let from = self.bucket(record.expires_at);
+            record.apply(changes);
+            let to = self.bucket(record.expires_at);
+            if to != from {
+                self.index(to, key)?;
+            }
+            match self.swap(key, Some(&bytes), Some(IVec::from(record.encode())))? {
+                Ok(()) => {
+                    if to != from {
+                        self.reindex(key, Some(from), to)?;
+                    }
+                    return Ok(true);
+                }
+                Err(found) => current = found,
+            }
+        }
     }
 
     /// Deletes the record; returns whether there was one.
     fn destroy(&self, key: &[u8]) -> Result<bool> {
-        self.transaction(|records, expiry| {
-            let Some(bytes) = records.remove(key)? else {
-                return Ok(false);
-            };
-            if let Ok(deadline) = peek_expiry(&bytes) {
-                expiry.remove(index_key(deadline, key))?;
-            }
-            Ok(true)
-        })
+        let Some(bytes) = self.records.remove(key).map_err(storage)? else {
+            return Ok(false);
+        };
+        if let Ok(deadline) = peek_expiry(&bytes) {
+            self.unindex(self.bucket(deadline), key)?;
+        }
+        Ok(true)
     }
 
+    /// Deletes the dead record `bytes` under `key` unless it changed meanwhile.
+    fn remove_dead(&self, key: &[u8], bytes: &IVec, deadline: Option<u64>) -> Result<()> {
+        if self.swap(key, Some(bytes), None)?.is_ok()
+            && let Some(deadline) = deadline
+        {
+            self.unindex(self.bucket(deadline), key)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the live record from `old` to `new` in two swaps: a copy under `new` (only if
+    /// nothing live is there), then the deletion of `old` (only if unchanged; a save that
+    /// landed meanwhile is carried over and the deletion retried; if `old` died meanwhile
+    /// the copy is taken back).
     fn regenerate(&self, old: &[u8], new: &[u8]) -> Result<Regenerated> {
         let now = self.clock.now_ms();
-        self.transaction(|records, expiry| {
-            let target = match read(records, new, now)? {
+        let (mut moving, record) = loop {
+            let (moving, record) = match Slot::judge(self.get(old)?, now) {
+                Slot::Live(bytes, record) => (bytes, record),
+                Slot::Dead(bytes, deadline) => {
+                    self.remove_dead(old, &bytes, deadline)?;
+                    return Ok(Regenerated::Missing);
+                }
+                Slot::Missing => return Ok(Regenerated::Missing),
+            };
+            let target = Slot::judge(self.get(new)?, now);
+            let replaced = match &target {
                 Slot::Live(..) => return Ok(Regenerated::Collision),
-                Slot::Expired(deadline) => Some(Some(deadline)),
-                Slot::Corrupt(deadline, _) => Some(deadline),
+                Slot::Dead(_, deadline) => deadline.map(|d| self.bucket(d)),
                 Slot::Missing => None,
             };
-            match read(records, old, now)? {
-                Slot::Live(bytes, record) => {
-                    if let Some(deadline) = target {
-                        remove_dead(records, expiry, new, deadline)?;
-                    }
-                    records.remove(old)?;
-                    expiry.remove(index_key(record.expires_at, old))?;
-                    records.insert(new, bytes)?;
-                    expiry.insert(index_key(record.expires_at, new), &[][..])?;
-                    Ok(Regenerated::Moved)
-                }
-                Slot::Expired(deadline) => {
-                    remove_dead(records, expiry, old, Some(deadline))?;
-                    Ok(Regenerated::Missing)
-                }
-                Slot::Corrupt(_, e) => Err(ConflictableTransactionError::Abort(e)),
-                Slot::Missing => Ok(Regenerated::Missing),
+            let bucket = self.bucket(record.expires_at);
+            self.index(bucket, new)?;
+            if self
+                .swap(new, target.bytes(), Some(moving.clone()))?
+                .is_ok()
+            {
+                self.reindex(new, replaced, bucket)?;
+                break (moving, record);
             }
-        })
+            // Something appeared under the new id: judge it again.
+        };
+        let mut bucket = self.bucket(record.expires_at);
+        loop {
+            let found = match self.swap(old, Some(&moving), None)? {
+                Ok(()) => {
+                    self.unindex(bucket, old)?;
+                    return Ok(Regenerated::Moved);
+                }
+                Err(found) => found,
+            };
+            match Slot::judge(found, now) {
+                // A save landed on the old id meanwhile: carry it over. Only this call
+                // knows the new id, so the copy is overwritten unconditionally.
+                Slot::Live(bytes, record) => {
+                    let to = self.bucket(record.expires_at);
+                    self.index(to, new)?;
+                    self.records.insert(new, bytes.clone()).map_err(storage)?;
+                    self.reindex(new, Some(bucket), to)?;
+                    (moving, bucket) = (bytes, to);
+                }
+                // Destroyed, regenerated or expired meanwhile: the copy must not outlive it.
+                dead => {
+                    if self.swap(new, Some(&moving), None)?.is_ok() {
+                        self.unindex(bucket, new)?;
+                    }
+                    if let Slot::Dead(bytes, deadline) = dead {
+                        self.remove_dead(old, &bytes, deadline)?;
+                    }
+                    return Ok(Regenerated::Missing);
+                }
+            }
+        }
     }
 
-    /// Live records: index entries whose deadline is after now.
+    /// Live records: the records tree, judged by each record's header alone.
     fn count(&self) -> Result<usize> {
-        let from = self.clock.now_ms().saturating_add(1).to_be_bytes();
+        let now = self.clock.now_ms();
         let mut n = 0;
-        for key in self.expiry.range(from..).keys() {
-            key.map_err(storage)?;
-            n += 1;
+        for entry in self.records.iter().values() {
+            let bytes = entry.map_err(storage)?;
+            if peek_expiry(&bytes).is_ok_and(|d| d > now) {
+                n += 1;
+            }
         }
         Ok(n)
     }
 
-    /// Removes up to [`GC_BATCH`] expired records; returns (index entries seen, records removed).
-    fn gc_batch(&self) -> Result<(usize, usize)> {
-        let until = self.clock.now_ms().saturating_add(1).to_be_bytes();
+    /// Examines up to [`GC_BATCH`] index entries after `after` whose bucket has begun to
+    /// expire, deleting their expired records. Returns (entries seen, records removed, the
+    /// last entry seen).
+    fn gc_batch(&self, after: Option<IVec>) -> Result<(usize, usize, Option<IVec>)> {
+        let now = self.clock.now_ms();
+        // Every record expired by now has an entry at or before the current bucket; the
+        // current bucket also holds live records, which are checked and kept.
+        let until = self.bucket(now).saturating_add(1).to_be_bytes().to_vec();
+        let from = match after {
+            Some(last) => Bound::Excluded(last.to_vec()),
+            None => Bound::Unbounded,
+        };
         let batch = self
             .expiry
-            .range(..until)
+            .range::<Vec<u8>, _>((from, Bound::Excluded(until)))
             .keys()
             .take(GC_BATCH)
             .collect::<std::result::Result<Vec<IVec>, _>>()
             .map_err(storage)?;
-        if batch.is_empty() {
-            return Ok((0, 0));
+        let mut removed = 0;
+        for entry in &batch {
+            removed += usize::from(self.gc_entry(entry, now)?);
         }
-        let removed = self.transaction(|records, expiry| {
-            let mut removed = 0;
-            for entry in &batch {
-                expiry.remove(entry)?;
-                let Some((deadline, key)) = entry.split_first_chunk::<8>() else {
-                    continue;
-                };
-                let Some(bytes) = records.get(key)? else {
-                    continue;
-                };
-                // The record's own deadline decides: a newer one has its own index entry.
-                match peek_expiry(&bytes) {
-                    Ok(d) if d.to_be_bytes() != *deadline => {}
-                    _ => {
-                        records.remove(key)?;
-                        removed += 1;
+        Ok((batch.len(), removed, batch.last().cloned()))
+    }
+
+    /// Judges one index entry: deletes its record if expired (or damaged), keeps the entry
+    /// of a live record it still stands for, drops the entry otherwise. Returns whether a
+    /// record was deleted.
+    fn gc_entry(&self, entry: &[u8], now: u64) -> Result<bool> {
+        let Some((bucket, key)) = entry.split_first_chunk::<8>() else {
+            self.expiry.remove(entry).map_err(storage)?;
+            return Ok(false);
+        };
+        let bucket = u64::from_be_bytes(*bucket);
+        let mut current = self.get(key)?;
+        let removed = loop {
+            let Some(bytes) = current else {
+                break false;
+            };
+            match peek_expiry(&bytes) {
+                // Live: the entry stays while it is not before the deadline (a bucket only
+                // ever rounds a deadline up); an earlier one is stale, the record has its own.
+                Ok(deadline) if deadline > now => {
+                    if deadline <= bucket {
+                        return Ok(false);
                     }
+                    break false;
                 }
+                // Expired or damaged: delete it, unless a save refreshed it meanwhile.
+                _ => match self.swap(key, Some(&bytes), None)? {
+                    Ok(()) => break true,
+                    Err(found) => current = found,
+                },
             }
-            Ok(removed)
-        })?;
-        Ok((batch.len(), removed))
+        };
+        self.unindex(bucket, key)?;
+        Ok(removed)
     }
 }
 
 #[async_trait]
 impl Provider for SledProvider {
+    // `load` and `save` run inline: see the module documentation.
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
-        let key = id.storage_key();
-        self.run(move |i| i.load(key.as_bytes())).await
+        self.inner.load(id.storage_key().as_bytes())
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
@@ -402,8 +597,7 @@ impl Provider for SledProvider {
     }
 
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
-        let (key, changes) = (id.storage_key(), changes.clone());
-        self.run(move |i| i.save(key.as_bytes(), &changes)).await
+        self.inner.save(id.storage_key().as_bytes(), changes)
     }
 
     async fn destroy(&self, id: &SessionId) -> Result<()> {
@@ -431,12 +625,14 @@ impl Provider for SledProvider {
 
     async fn gc(&self) -> Result<usize> {
         let mut total = 0;
+        let mut after = None;
         loop {
-            let (seen, removed) = self.run(Inner::gc_batch).await?;
+            let (seen, removed, last) = self.run(move |i| i.gc_batch(after)).await?;
             total += removed;
             if seen < GC_BATCH {
                 return Ok(total);
             }
+            after = last;
             // Let requests run between batches.
             tokio::task::yield_now().await;
         }
