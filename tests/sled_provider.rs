@@ -419,7 +419,7 @@ async fn concurrent_saves_from_many_tasks_all_land_and_stay_collectable() {
             tokio::spawn(async move {
                 for n in 0..SAVES {
                     let mut changes = ChangeSet::default();
-                    changes.set.insert(format!("t{t}"), n.to_string());
+                    changes.set.push((format!("t{t}"), n.to_string()));
                     changes.expires_at = now + 1_000 + ((t * 7 + n * 13) % 50) as u64 * 10;
                     assert!(p.save(&sid, &changes).await.unwrap());
                 }
