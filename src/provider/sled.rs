@@ -587,6 +587,10 @@ impl Provider for SledProvider {
         self.inner.load(id.storage_key().as_bytes())
     }
 
+    fn load_now(&self, id: &SessionId) -> Option<Result<Option<Record>>> {
+        Some(self.inner.load(id.storage_key().as_bytes()))
+    }
+
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let (key, record) = (id.storage_key(), record.clone());
         let created = self.run(move |i| i.create(key.as_bytes(), &record)).await?;
@@ -598,6 +602,10 @@ impl Provider for SledProvider {
 
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
         self.inner.save(id.storage_key().as_bytes(), changes)
+    }
+
+    fn save_now(&self, id: &SessionId, changes: &ChangeSet) -> Option<Result<bool>> {
+        Some(self.inner.save(id.storage_key().as_bytes(), changes))
     }
 
     async fn destroy(&self, id: &SessionId) -> Result<()> {

@@ -21,6 +21,17 @@ async fn memory_answers_at_once() {
     assert!(suite::answers_at_once_agree(p).await);
 }
 
+#[cfg(feature = "sled")]
+#[tokio::test]
+async fn sled_answers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p: Arc<dyn Provider> = Arc::new(
+        sessioner::provider::sled::SledProvider::open(dir.path().join("db"), Clock::system())
+            .unwrap(),
+    );
+    assert!(suite::answers_at_once_agree(p).await);
+}
+
 conformance!(file, {
     let dir = tempfile::tempdir().unwrap();
     let p: Arc<dyn Provider> =
