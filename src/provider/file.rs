@@ -20,7 +20,13 @@
 //!   machine crash can therefore lose the last seconds of value changes, or tear a record
 //!   that was being written back; a torn record reads as damaged, which means no session
 //!   (the visitor starts afresh), never wrong data. Many times faster than `always`: no
-//!   file is created, renamed or deleted per save.
+//!   file is created, renamed or deleted per save, and a request's load and save, being
+//!   page-cache reads and writes, run at once on the async worker instead of travelling to
+//!   tokio's blocking pool and back (the hand-off cost more than the work). The price: a
+//!   disk so slow that the kernel throttles writers stalls those requests' worker thread.
+//!
+//! Everything else (every call with `sync=always`; create, regenerate, destroy, count and
+//! GC in both modes) runs on tokio's blocking pool, bounded by a timeout.
 //!
 //! Concurrent requests of this process on one session are serialised by a striped lock and
 //! merged per key; several processes sharing one root directory are not coordinated (last
@@ -28,7 +34,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -149,6 +155,20 @@ fn parse_config(config: &str) -> Result<(&str, SyncMode)> {
     Ok((if dir.is_empty() { DEFAULT_DIR } else { dir }, sync))
 }
 
+/// Reads a whole (small) file without asking for its size first.
+fn read_all(f: &mut File) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn make_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -180,14 +200,29 @@ impl Inner {
 
     /// Reads a record; a damaged one is returned as an `InvalidData` error.
     fn read(&self, key: &str) -> io::Result<Read2> {
-        let mut bytes = Vec::new();
-        match File::open(self.path(key)) {
-            Ok(mut f) => f.read_to_end(&mut bytes)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read2::Missing),
-            Err(e) => return Err(e),
-        };
+        match self.open(key, false)? {
+            Some(mut f) => self.judge(&read_all(&mut f)?),
+            None => Ok(Read2::Missing),
+        }
+    }
+
+    /// Opens the record file of `key` (for reading, and writing if `write`), if there is one.
+    fn open(&self, key: &str, write: bool) -> io::Result<Option<File>> {
+        match OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(self.path(key))
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Decodes a record file's bytes; a damaged one is an `InvalidData` error.
+    fn judge(&self, bytes: &[u8]) -> io::Result<Read2> {
         let record =
-            Record::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            Record::decode(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(if record.is_expired(self.clock.now_ms()) {
             Read2::Dead
         } else {
@@ -237,21 +272,45 @@ impl Inner {
         result
     }
 
-    /// `sync=lifecycle`'s save: overwrites the record file in place with one `write`, padded
-    /// with spaces (which the record's JSON ignores) to the old length, so a shorter record
-    /// needs no truncation and a process crash cannot leave half of it. Readers hold the
-    /// key's stripe lock, as the writer does, so none sees a write in progress.
-    fn overwrite(&self, key: &str, record: &Record, old_len: usize) -> io::Result<()> {
-        let mut f = match OpenOptions::new().write(true).open(self.path(key)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.write(key, record, false),
-            Err(e) => return Err(e),
+    /// The live record under `key`, read under its stripe lock.
+    fn load(&self, key: &str) -> io::Result<Option<Record>> {
+        let _guard = self.lock(self.stripe(key));
+        Ok(match self.read(key)? {
+            Read2::Live(r, _) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// Applies `changes` to the live record under `key`; `false` if there is none.
+    ///
+    /// `sync=always` writes a new file (see [`write`](Inner::write)). `sync=lifecycle`
+    /// overwrites the record file in place, through the handle it read it with, in one
+    /// `write` padded with spaces (which the record's JSON ignores) to the old length, so a
+    /// shorter record needs no truncation and a process crash cannot leave half of it.
+    /// Readers take the key's stripe lock, as writers do, so none sees a write in progress.
+    fn save(&self, key: &str, changes: &ChangeSet) -> io::Result<bool> {
+        let _guard = self.lock(self.stripe(key));
+        if self.sync == SyncMode::Always {
+            let Read2::Live(mut record, _) = self.read(key)? else {
+                return Ok(false);
+            };
+            record.apply(changes);
+            self.write(key, &record, true)?;
+            return Ok(true);
+        }
+        let Some(mut f) = self.open(key, true)? else {
+            return Ok(false);
         };
+        let Read2::Live(mut record, old_len) = self.judge(&read_all(&mut f)?)? else {
+            return Ok(false);
+        };
+        record.apply(changes);
         let mut bytes = record.encode();
         if bytes.len() < old_len {
             bytes.resize(old_len, b' ');
         }
-        f.write_all(&bytes)
+        f.write_all_at(&bytes, 0)?;
+        Ok(true)
     }
 
     /// Deletes a record; `durable` syncs the directory too, so a destroyed session stays dead
@@ -309,16 +368,17 @@ fn corrupt_or_backend(e: Error) -> Error {
 impl Provider for FileProvider {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
         let key = id.storage_key();
-        let read = self
-            .run(move |i| {
-                let _guard = i.lock(i.stripe(&key));
-                i.read(&key)
-            })
+        self.run(move |i| i.load(&key))
             .await
-            .map_err(corrupt_or_backend)?;
-        Ok(match read {
-            Read2::Live(r, _) => Some(r),
-            _ => None,
+            .map_err(corrupt_or_backend)
+    }
+
+    /// With `sync=lifecycle` a load is a page-cache read: done at once, on the caller's thread.
+    fn load_now(&self, id: &SessionId) -> Option<Result<Option<Record>>> {
+        (self.inner.sync == SyncMode::Lifecycle).then(|| {
+            self.inner
+                .load(&id.storage_key())
+                .map_err(|e| corrupt_or_backend(Error::backend(NAME, e)))
         })
     }
 
@@ -337,22 +397,19 @@ impl Provider for FileProvider {
 
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
         let (key, changes) = (id.storage_key(), changes.clone());
-        self.run(move |i| {
-            let _guard = i.lock(i.stripe(&key));
-            match i.read(&key)? {
-                Read2::Live(mut record, len) => {
-                    record.apply(&changes);
-                    match i.sync {
-                        SyncMode::Always => i.write(&key, &record, true)?,
-                        SyncMode::Lifecycle => i.overwrite(&key, &record, len)?,
-                    }
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
+        self.run(move |i| i.save(&key, &changes))
+            .await
+            .map_err(corrupt_or_backend)
+    }
+
+    /// With `sync=lifecycle` a save is a page-cache write: done at once, on the caller's
+    /// thread.
+    fn save_now(&self, id: &SessionId, changes: &ChangeSet) -> Option<Result<bool>> {
+        (self.inner.sync == SyncMode::Lifecycle).then(|| {
+            self.inner
+                .save(&id.storage_key(), changes)
+                .map_err(|e| corrupt_or_backend(Error::backend(NAME, e)))
         })
-        .await
-        .map_err(corrupt_or_backend)
     }
 
     async fn destroy(&self, id: &SessionId) -> Result<()> {
@@ -426,7 +483,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_overwrite_pads_a_shorter_record_and_reads_back() {
+    fn a_lifecycle_save_pads_a_shorter_record_in_place_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let p = FileProvider::with_sync(dir.path(), Clock::system(), SyncMode::Lifecycle).unwrap();
         let i = &p.inner;
@@ -437,15 +494,19 @@ mod tests {
             absolute_deadline: None,
         };
         i.write(&key, &record(&"x".repeat(100)), false).unwrap();
-        let Read2::Live(_, len) = i.read(&key).unwrap() else {
-            panic!("not stored")
+        let len = fs::metadata(i.path(&key)).unwrap().len();
+        let changes = ChangeSet {
+            set: vec![("k".to_owned(), "y".to_owned())],
+            expires_at: u64::MAX / 2,
+            ..Default::default()
         };
-        i.overwrite(&key, &record("y"), len).unwrap();
-        assert_eq!(fs::metadata(i.path(&key)).unwrap().len(), len as u64);
-        let Read2::Live(back, _) = i.read(&key).unwrap() else {
-            panic!("unreadable after overwrite")
-        };
-        assert_eq!(back, record("y"));
+        assert!(i.save(&key, &changes).unwrap());
+        assert_eq!(fs::metadata(i.path(&key)).unwrap().len(), len);
+        assert_eq!(i.load(&key).unwrap(), Some(record("y")));
+        assert!(
+            !i.save(&"cd".repeat(32), &changes).unwrap(),
+            "a save created a record"
+        );
     }
 
     #[test]

@@ -39,6 +39,23 @@ conformance!(file, {
     (p, dir)
 });
 
+#[tokio::test]
+async fn file_answers_at_once_only_with_sync_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = |config: String| {
+        let ctx = sessioner::provider::ProviderContext::new(
+            config,
+            Clock::system(),
+            std::time::Duration::from_secs(3600),
+        );
+        sessioner::provider::build("file", &ctx).unwrap()
+    };
+    let always = build(dir.path().join("a").display().to_string());
+    assert!(!suite::answers_at_once_agree(always).await);
+    let lifecycle = build(format!("{},sync=lifecycle", dir.path().join("l").display()));
+    assert!(suite::answers_at_once_agree(lifecycle).await);
+}
+
 conformance!(file_sync_lifecycle, {
     let dir = tempfile::tempdir().unwrap();
     let ctx = sessioner::provider::ProviderContext::new(
