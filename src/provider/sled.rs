@@ -5,9 +5,10 @@
 //!
 //! ProviderConfig: the data directory (e.g. `data/sessions.sled`), or macaron's
 //! `data_dir=data/sessions.sled` (a trailing `,db=N` is accepted and ignored: the directory
-//! is the namespace). The directory is created with mode `0700` if missing. sled holds an
-//! exclusive lock on it, so a directory another process (or another provider in this
-//! process) has open is refused when the provider is built, with
+//! is the namespace; `,cache=N` bounds the cache described below, in sessions). The
+//! directory is created with mode `0700` if missing. sled holds an exclusive lock on it, so
+//! a directory another process (or another provider in this process) has open is refused
+//! when the provider is built, with
 //! [`Error::ProviderConfig`].
 //!
 //! Layout: one tree maps [`SessionId::storage_key`] (the SHA-256 of the id, never the id) to
@@ -21,7 +22,9 @@
 //! soon as any transaction (or `apply_batch`, or `checksum`) has run; transactions take it
 //! exclusively and sled's flusher holds it shared while it writes, so with transactions the
 //! sessions of all requests queue behind each other and behind the disk. This provider
-//! never uses them: a save reads the record, checks that it is live, merges the change set
+//! never uses them. (Saves normally go to the cache described below, whose writer stores a
+//! whole record over the one sled holds; what follows is what a save written through to
+//! sled does when its record cannot be cached.) A save reads the record, checks that it is live, merges the change set
 //! (per key), and swaps the new bytes in only if the record is still the one it read,
 //! retrying on a conflict, so concurrent requests changing different keys of one session
 //! all survive, and a save never re-creates a destroyed, expired or regenerated session. A
@@ -56,38 +59,71 @@
 //! trust the index: it walks the records and reads each one's deadline from its header,
 //! without decoding the values.
 //!
+//! The write-behind cache: sled locks its directory, so this provider is the only writer of
+//! its trees, and an in-process cache of decoded records is coherent. The cache is split in
+//! 64 shards, each behind a mutex that is also the lock of every key in it: every read into
+//! the cache, every write of one of its keys to sled and every change of its entries
+//! happens under that lock, so for a cached key the cache is the truth and sled holds the
+//! same record or an older version of it. `load` answers from the cache (an expired entry
+//! reads as `None`); on a miss it reads and decodes the record and caches it. `save` applies
+//! the change set to the cached record (loading it first on a miss) and marks it dirty; a
+//! missing or expired record is `false` and nothing is written, so a save never re-creates a
+//! destroyed, expired or regenerated session. A writer thread stores the dirty records
+//! every 500 ms, each under its key's lock and only over a record sled still holds, with
+//! the index rules above, then flushes: the saves of one session between two passes become
+//! one write. `create`, `destroy` and `regenerate` take the key's lock (both keys', in
+//! shard order, for `regenerate`), first write that key's dirty record, then act on sled as
+//! described above and update the cache, so the writer can never store a stale copy of a
+//! session they removed. `count` and `gc` write the dirty records first; `gc` also judges
+//! each expired candidate under its key's lock after writing a newer cached version, so a
+//! deadline that a save extended after that pass is not lost, and drops the cache entries of
+//! the records it deletes. The cache holds at most about [`DEFAULT_CACHE_CAPACITY`] sessions
+//! (100,000; [`SledProvider::open_with_cache`], or `cache=N` in the configuration), bounded
+//! per shard: a full shard evicts a clean entry, or writes a dirty one to sled first (if
+//! that write fails the new record is simply not cached, and a save writes through).
+//! [`SledProvider::persist`] runs a pass on demand. Dropping the provider (its last handle)
+//! writes the dirty records and flushes, logging a failure; the writer thread holds the
+//! provider only weakly, and stops when it is dropped. It is a plain thread, so building
+//! the provider needs no tokio runtime.
+//!
 //! Durability: `create`, `regenerate` and `destroy` return only after
 //! [`flush_async`](::sled::Tree::flush_async) has written and `fsync`ed them, so a login or a
-//! logout survives a crash. An ordinary `save` is durable once sled's background flusher has
-//! run, every 500 ms by default: a crash can lose the value changes of the last half second,
-//! never a session's existence or its death.
+//! logout survives a crash. An ordinary `save` reaches sled at the writer's next pass, at
+//! most 500 ms later (plus the time a pass takes), and the pass ends with a flush: a crash
+//! can lose the value changes of the last half second or so, as before the cache, never a
+//! session's existence or its death.
 //!
 //! Where the work runs: `load` and `save`, the calls of every request, run inline on the
-//! async worker. Since no transaction ever runs in this process's sled, its reads and
-//! single-key writes take no lock shared with other requests or with the flusher (only an
-//! atomic counter, and epoch-based reclamation): a read walks in-memory pages, and a write
-//! appends to an in-memory log buffer whose disk writes and `fsync`s happen on sled's own
-//! threads. The disk is waited for only when a page evicted from sled's cache (1 GiB by
-//! default) is read back, or briefly when the log rolls to a new segment. Handing these
-//! microseconds to tokio's blocking pool cost more than the work itself (about twice the
-//! CPU per request, measured with `scripts/bench`). An inline call cannot be timed out; the
-//! equivalent bound is sled's own: a failed disk write poisons the database, after which
-//! every write fails at once with [`Error::Backend`] instead of waiting. `create`,
-//! `regenerate`, `destroy` (rare, and followed by a flush), `count` and `gc` (scans) run on
-//! tokio's blocking pool, bounded by a timeout ([`Error::Unavailable`] when it expires; the
-//! blocked thread itself finishes its call); their flush is bounded by the same timeout.
-//! Opening the database happens when the provider is built (configuration time) and blocks
-//! the calling thread while sled recovers its log. Note that sled's lock mode is
-//! process-wide: any other code in the process that runs a sled transaction, `apply_batch`
-//! or `checksum`, on any sled database, puts these calls back behind sled's global lock
-//! (still correct, only slower).
+//! async worker (and answer through [`Provider::load_now`] and [`Provider::save_now`]): a
+//! cache hit is a mutex, a hash lookup and a record clone or merge. A miss reads sled
+//! inline: no transaction ever runs in this process's sled, so its reads take no lock
+//! shared with other requests or with the flusher (only an atomic counter, and epoch-based
+//! reclamation), and the disk is waited for only when a page evicted from sled's cache
+//! (1 GiB by default) is read back. An eviction may write one record inline (an append to
+//! sled's in-memory log). Handing these microseconds to tokio's blocking pool cost more
+//! than the work itself (about twice the CPU per request, measured with `scripts/bench`).
+//! An inline call cannot be timed out; the equivalent bound is sled's own: a failed disk
+//! write poisons the database, after which every write fails at once with
+//! [`Error::Backend`] instead of waiting. `create`, `regenerate`, `destroy` (rare, and
+//! followed by a flush), `count`, `gc` and [`SledProvider::persist`] run on tokio's
+//! blocking pool, bounded by a timeout ([`Error::Unavailable`] when it expires; the blocked
+//! thread itself finishes its call); their flush is bounded by the same timeout. They hold
+//! a shard's lock only for one key's sled operations, never across a flush. Opening the
+//! database happens when the provider is built (configuration time) and blocks the calling
+//! thread while sled recovers its log. Note that sled's lock mode is process-wide: any
+//! other code in the process that runs a sled transaction, `apply_batch` or `checksum`, on
+//! any sled database, puts these calls back behind sled's global lock (still correct, only
+//! slower).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::ops::Bound;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread;
 use std::time::Duration;
 
 use ::sled::IVec;
@@ -109,6 +145,14 @@ const GC_BATCH: usize = 256;
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// The expiry index rounds deadlines up to buckets of this fraction of the idle lifetime.
 const BUCKETS_PER_LIFETIME: u64 = 10;
+/// How many decoded sessions the cache holds by default (see the module documentation).
+pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+/// The cache is split into this many independently locked shards (fewer for a tiny bound).
+const SHARDS: usize = 64;
+/// How long a saved change may wait in the cache before the writer stores it in sled.
+const WRITE_BEHIND: Duration = Duration::from_millis(500);
+/// How many entries an eviction looks at for a clean one before writing a dirty one out.
+const EVICTION_SCAN: usize = 16;
 
 /// The sled provider. Cheap to share; the database closes when the last handle drops.
 pub struct SledProvider {
@@ -123,6 +167,29 @@ struct Inner {
     clock: Clock,
     /// The width of one expiry index bucket, in milliseconds (at least 1).
     bucket_ms: u64,
+    /// Decoded records, the authority for the keys they hold (see the module documentation).
+    shards: Box<[Mutex<Shard>]>,
+    /// The bound of one shard, in entries (at least 1).
+    per_shard: usize,
+    /// Dropped with the provider: tells the writer thread to stop.
+    _stop: mpsc::Sender<()>,
+}
+
+/// One cached session.
+struct Entry {
+    record: Record,
+    /// Changed by saves since it was last stored in sled.
+    dirty: bool,
+}
+
+/// One lock's share of the cache. Its mutex is also the per-key lock of every key in it:
+/// every read into the cache and every write to sled of one of its keys happens under it.
+#[derive(Default)]
+struct Shard {
+    map: HashMap<String, Entry>,
+    /// Keys that became dirty since the writer last took the list (possibly stale: a key
+    /// destroyed meanwhile is skipped).
+    dirty: Vec<String>,
 }
 
 impl fmt::Debug for SledProvider {
@@ -131,6 +198,10 @@ impl fmt::Debug for SledProvider {
         f.debug_struct("SledProvider")
             .field("dir", &self.inner.dir)
             .field("bucket_ms", &self.inner.bucket_ms)
+            .field(
+                "cache_capacity",
+                &(self.inner.per_shard * self.inner.shards.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +226,20 @@ impl SledProvider {
         clock: Clock,
         max_lifetime: Duration,
     ) -> Result<Self> {
+        SledProvider::open_with_cache(dir, clock, max_lifetime, DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// [`open_with_lifetime`](SledProvider::open_with_lifetime) with a cache of about
+    /// `cache_capacity` sessions (at least one) instead of [`DEFAULT_CACHE_CAPACITY`].
+    ///
+    /// Starts the write-behind thread (a plain thread: no tokio runtime is needed here); it
+    /// stops when the provider is dropped.
+    pub fn open_with_cache(
+        dir: impl Into<PathBuf>,
+        clock: Clock,
+        max_lifetime: Duration,
+        cache_capacity: usize,
+    ) -> Result<Self> {
         let dir = dir.into();
         if dir.as_os_str().is_empty() {
             return Err(ProviderContext::error(
@@ -178,26 +263,55 @@ impl SledProvider {
             .map_err(|e| open_error(&dir, e))?;
         let expiry = db.open_tree(EXPIRY_TREE).map_err(|e| open_error(&dir, e))?;
         let lifetime_ms = u64::try_from(max_lifetime.as_millis()).unwrap_or(u64::MAX);
-        Ok(SledProvider {
-            inner: Arc::new(Inner {
-                dir,
-                db,
-                records,
-                expiry,
-                clock,
-                bucket_ms: (lifetime_ms / BUCKETS_PER_LIFETIME).max(1),
-            }),
-        })
+        let capacity = cache_capacity.max(1);
+        let shards = SHARDS.min(capacity);
+        let (stop, stopped) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            dir,
+            db,
+            records,
+            expiry,
+            clock,
+            bucket_ms: (lifetime_ms / BUCKETS_PER_LIFETIME).max(1),
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            per_shard: capacity.div_ceil(shards),
+            _stop: stop,
+        });
+        let weak = Arc::downgrade(&inner);
+        thread::Builder::new()
+            .name("sessioner-sled-writer".into())
+            .spawn(move || write_behind(&weak, &stopped))
+            .map_err(|e| {
+                ProviderContext::error(NAME, format!("cannot start the writer thread: {e}"))
+            })?;
+        Ok(SledProvider { inner })
     }
 
     /// The registry factory (`sled` and `ledis`): the config is the data directory, or
-    /// `data_dir=<dir>[,db=N]`.
+    /// `data_dir=<dir>[,db=N][,cache=N]` (`cache`: the cache bound, in sessions).
     pub fn factory(ctx: &ProviderContext) -> Result<Arc<dyn Provider>> {
-        Ok(Arc::new(SledProvider::open_with_lifetime(
-            parse_config(&ctx.config)?,
+        let (dir, capacity) = parse_config(&ctx.config)?;
+        Ok(Arc::new(SledProvider::open_with_cache(
+            dir,
             ctx.clock.clone(),
             ctx.max_lifetime,
+            capacity,
         )?))
+    }
+
+    /// Writes every session changed since the writer's last pass to sled now, and waits until
+    /// it is on disk; returns how many records it wrote. The writer thread does this by
+    /// itself every 500 ms, and dropping the provider does it once more: call this only
+    /// where a save must be durable at once (before a planned shutdown that may not drop the
+    /// provider, or in tests). Runs on tokio's blocking pool, bounded by the same timeout as
+    /// `create`.
+    pub async fn persist(&self) -> Result<usize> {
+        self.run(|i| {
+            let written = i.write_dirty()?;
+            i.db.flush().map_err(storage)?;
+            Ok(written)
+        })
+        .await
     }
 
     /// Runs `work` on tokio's blocking pool, bounded by [`blocking::TIMEOUT`].
@@ -220,25 +334,50 @@ impl SledProvider {
     }
 }
 
-fn parse_config(config: &str) -> Result<PathBuf> {
+fn parse_config(config: &str) -> Result<(PathBuf, usize)> {
     let config = config.trim();
     let Some(rest) = config.strip_prefix("data_dir=") else {
-        return Ok(PathBuf::from(config));
+        return Ok((PathBuf::from(config), DEFAULT_CACHE_CAPACITY));
     };
     let mut parts = rest.split(',');
     let dir = parts.next().unwrap_or_default().trim();
+    let mut capacity = DEFAULT_CACHE_CAPACITY;
     for part in parts.map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('=') {
-            Some(("db", n)) if n.trim().parse::<u32>().is_ok() => {}
+        match part.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+            Some(("db", n)) if n.parse::<u32>().is_ok() => {}
+            Some(("cache", n)) if n.parse::<usize>().is_ok_and(|n| n > 0) => {
+                capacity = n.parse().unwrap_or(DEFAULT_CACHE_CAPACITY);
+            }
             _ => {
                 return Err(ProviderContext::error(
                     NAME,
-                    format!("unknown setting `{part}` (expected `data_dir=<dir>[,db=N]`)"),
+                    format!(
+                        "unknown setting `{part}` (expected `data_dir=<dir>[,db=N][,cache=N]`)"
+                    ),
                 ));
             }
         }
     }
-    Ok(PathBuf::from(dir))
+    Ok((PathBuf::from(dir), capacity))
+}
+
+/// The writer thread: every [`WRITE_BEHIND`], stores the dirty records in sled and flushes
+/// them; stops as soon as the provider is gone (its sender dropped, or nothing to upgrade).
+fn write_behind(inner: &Weak<Inner>, stop: &mpsc::Receiver<()>) {
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(WRITE_BEHIND) {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let written = inner.write_dirty().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "sled write-behind failed; the changes stay cached and are retried");
+            0
+        });
+        if written > 0
+            && let Err(e) = inner.db.flush()
+        {
+            tracing::warn!(error = %e, "sled write-behind flush failed");
+        }
+    }
 }
 
 fn open_error(dir: &Path, e: ::sled::Error) -> Error {
@@ -358,7 +497,8 @@ impl Inner {
         }
     }
 
-    fn load(&self, key: &[u8]) -> Result<Option<Record>> {
+    /// The live record stored in sled under `key`, decoded.
+    fn read_live(&self, key: &[u8]) -> Result<Option<Record>> {
         let Some(bytes) = self.get(key)? else {
             return Ok(None);
         };
@@ -366,7 +506,7 @@ impl Inner {
         Ok((!record.is_expired(self.clock.now_ms())).then_some(record))
     }
 
-    fn create(&self, key: &[u8], record: &Record) -> Result<bool> {
+    fn create_stored(&self, key: &[u8], record: &Record) -> Result<bool> {
         let now = self.clock.now_ms();
         let encoded = IVec::from(record.encode());
         let bucket = self.bucket(record.expires_at);
@@ -391,7 +531,8 @@ impl Inner {
         }
     }
 
-    fn save(&self, key: &[u8], changes: &ChangeSet) -> Result<bool> {
+    /// A save written through to sled (when the cache cannot take the record).
+    fn save_stored(&self, key: &[u8], changes: &ChangeSet) -> Result<bool> {
         let now = self.clock.now_ms();
         let mut current = self.get(key)?;
         loop {
@@ -421,7 +562,7 @@ impl Inner {
     }
 
     /// Deletes the record; returns whether there was one.
-    fn destroy(&self, key: &[u8]) -> Result<bool> {
+    fn destroy_stored(&self, key: &[u8]) -> Result<bool> {
         let Some(bytes) = self.records.remove(key).map_err(storage)? else {
             return Ok(false);
         };
@@ -445,7 +586,7 @@ impl Inner {
     /// nothing live is there), then the deletion of `old` (only if unchanged; a save that
     /// landed meanwhile is carried over and the deletion retried; if `old` died meanwhile
     /// the copy is taken back).
-    fn regenerate(&self, old: &[u8], new: &[u8]) -> Result<Regenerated> {
+    fn regenerate_stored(&self, old: &[u8], new: &[u8]) -> Result<Regenerated> {
         let now = self.clock.now_ms();
         let (mut moving, record) = loop {
             let (moving, record) = match Slot::judge(self.get(old)?, now) {
@@ -506,8 +647,10 @@ impl Inner {
         }
     }
 
-    /// Live records: the records tree, judged by each record's header alone.
+    /// Live records: the records tree, judged by each record's header alone (after the
+    /// cache's dirty records have been written).
     fn count(&self) -> Result<usize> {
+        self.write_dirty()?;
         let now = self.clock.now_ms();
         let mut n = 0;
         for entry in self.records.iter().values() {
@@ -523,6 +666,10 @@ impl Inner {
     /// expire, deleting their expired records. Returns (entries seen, records removed, the
     /// last entry seen).
     fn gc_batch(&self, after: Option<IVec>) -> Result<(usize, usize, Option<IVec>)> {
+        if after.is_none() {
+            // A deadline a save moved (even backwards) is judged as the cache holds it.
+            self.write_dirty()?;
+        }
         let now = self.clock.now_ms();
         // Every record expired by now has an entry at or before the current bucket; the
         // current bucket also holds live records, which are checked and kept.
@@ -554,6 +701,13 @@ impl Inner {
             return Ok(false);
         };
         let bucket = u64::from_be_bytes(*bucket);
+        // Under the key's lock, with a newer version still only in the cache written first:
+        // a deadline the cache extended is judged, never lost.
+        let mut shard = self.lock(key);
+        let cached = std::str::from_utf8(key).ok();
+        if let Some(cached) = cached {
+            self.write_entry(&mut shard, cached)?;
+        }
         let mut current = self.get(key)?;
         let removed = loop {
             let Some(bytes) = current else {
@@ -575,8 +729,230 @@ impl Inner {
                 },
             }
         };
+        if removed && let Some(cached) = cached {
+            shard.map.remove(cached);
+        }
         self.unindex(bucket, key)?;
         Ok(removed)
+    }
+}
+
+/// The cache: every operation on a key holds its shard's lock, so for a cached key the
+/// cache is the truth and sled holds the same record or an older version of it.
+impl Inner {
+    fn shard_of(&self, key: &[u8]) -> usize {
+        // Storage keys are hex digests: any few bytes spread evenly.
+        let h = key.iter().take(8).fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        usize::try_from(h % self.shards.len() as u64).unwrap_or(0)
+    }
+
+    fn lock_index(&self, index: usize) -> MutexGuard<'_, Shard> {
+        match self.shards.get(index).unwrap_or(&self.shards[0]).lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The lock of `key`'s shard.
+    fn lock(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
+        self.lock_index(self.shard_of(key))
+    }
+
+    /// Stores `record` in sled under `key` with the expiry index rules of a save, but only
+    /// over a record that is there: a key sled no longer holds is never re-created. Returns
+    /// whether it wrote. The caller holds `key`'s lock.
+    fn write_back(&self, key: &[u8], record: &Record) -> Result<bool> {
+        let encoded = IVec::from(record.encode());
+        let to = self.bucket(record.expires_at);
+        let mut current = self.get(key)?;
+        loop {
+            let Some(bytes) = current else {
+                return Ok(false);
+            };
+            let from = peek_expiry(&bytes).ok().map(|d| self.bucket(d));
+            if from != Some(to) {
+                self.index(to, key)?;
+            }
+            match self.swap(key, Some(&bytes), Some(encoded.clone()))? {
+                Ok(()) => {
+                    if from != Some(to) {
+                        self.reindex(key, from, to)?;
+                    }
+                    return Ok(true);
+                }
+                Err(found) => current = found,
+            }
+        }
+    }
+
+    /// Writes `key`'s cached record to sled if it is dirty (dropping it from the cache if
+    /// sled no longer holds the key). Returns whether it wrote.
+    fn write_entry(&self, shard: &mut Shard, key: &str) -> Result<bool> {
+        let Some(entry) = shard.map.get_mut(key).filter(|e| e.dirty) else {
+            return Ok(false);
+        };
+        if self.write_back(key.as_bytes(), &entry.record)? {
+            entry.dirty = false;
+            Ok(true)
+        } else {
+            shard.map.remove(key);
+            Ok(false)
+        }
+    }
+
+    /// Writes every dirty record to sled, one key at a time under its lock; returns how
+    /// many. Keys whose write failed stay dirty (the first error is returned).
+    fn write_dirty(&self) -> Result<usize> {
+        let mut written = 0;
+        let mut failed = None;
+        for index in 0..self.shards.len() {
+            let keys = std::mem::take(&mut self.lock_index(index).dirty);
+            let mut keys = keys.into_iter();
+            while let Some(key) = keys.next() {
+                let mut shard = self.lock_index(index);
+                match self.write_entry(&mut shard, &key) {
+                    Ok(w) => written += usize::from(w),
+                    Err(e) => {
+                        shard.dirty.push(key);
+                        shard.dirty.extend(keys);
+                        failed.get_or_insert(e);
+                        break;
+                    }
+                }
+            }
+        }
+        failed.map_or(Ok(written), Err)
+    }
+
+    /// Caches a clean `record` under `key`, evicting another entry of a full shard (written
+    /// to sled first if dirty). Returns whether it cached (not if that write failed).
+    fn cache(&self, shard: &mut Shard, key: &str, record: Record) -> bool {
+        if !shard.map.contains_key(key) && shard.map.len() >= self.per_shard {
+            let victim = shard
+                .map
+                .iter()
+                .take(EVICTION_SCAN)
+                .find(|(_, e)| !e.dirty)
+                .or_else(|| shard.map.iter().next())
+                .map(|(k, _)| k.clone());
+            if let Some(victim) = victim {
+                if let Err(e) = self.write_entry(shard, &victim) {
+                    tracing::warn!(error = %e, "sled cache eviction could not write a session");
+                    return false;
+                }
+                shard.map.remove(&victim);
+            }
+        }
+        shard.map.insert(
+            key.to_owned(),
+            Entry {
+                record,
+                dirty: false,
+            },
+        );
+        true
+    }
+
+    fn load(&self, key: &str) -> Result<Option<Record>> {
+        let now = self.clock.now_ms();
+        let mut shard = self.lock(key.as_bytes());
+        if let Some(entry) = shard.map.get(key) {
+            return Ok((!entry.record.is_expired(now)).then(|| entry.record.clone()));
+        }
+        let Some(record) = self.read_live(key.as_bytes())? else {
+            return Ok(None);
+        };
+        self.cache(&mut shard, key, record.clone());
+        Ok(Some(record))
+    }
+
+    fn save(&self, key: &str, changes: &ChangeSet) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let mut guard = self.lock(key.as_bytes());
+        let shard = &mut *guard;
+        if !shard.map.contains_key(key) {
+            let Some(record) = self.read_live(key.as_bytes())? else {
+                return Ok(false);
+            };
+            if !self.cache(shard, key, record) {
+                return self.save_stored(key.as_bytes(), changes);
+            }
+        }
+        let Some(entry) = shard.map.get_mut(key) else {
+            return Ok(false);
+        };
+        if entry.record.is_expired(now) {
+            return Ok(false);
+        }
+        entry.record.apply(changes);
+        if !entry.dirty {
+            entry.dirty = true;
+            shard.dirty.push(key.to_owned());
+        }
+        Ok(true)
+    }
+
+    fn create(&self, key: &str, record: &Record) -> Result<bool> {
+        let mut shard = self.lock(key.as_bytes());
+        // sled must hold what the cache knows before it judges whether the id is taken.
+        self.write_entry(&mut shard, key)?;
+        if !self.create_stored(key.as_bytes(), record)? {
+            return Ok(false);
+        }
+        shard.map.remove(key);
+        self.cache(&mut shard, key, record.clone());
+        Ok(true)
+    }
+
+    /// Deletes the record from sled, then from the cache (unwritten changes die with it).
+    fn destroy(&self, key: &str) -> Result<bool> {
+        let mut shard = self.lock(key.as_bytes());
+        let stored = self.destroy_stored(key.as_bytes())?;
+        let cached = shard.map.remove(key).is_some();
+        Ok(stored || cached)
+    }
+
+    /// Holds both keys' locks (in shard order), writes their dirty records, moves the
+    /// record in sled, then moves the cache entry along.
+    fn regenerate(&self, old: &str, new: &str) -> Result<Regenerated> {
+        let (a, b) = (self.shard_of(old.as_bytes()), self.shard_of(new.as_bytes()));
+        let mut first = self.lock_index(a.min(b));
+        let mut second = (a != b).then(|| self.lock_index(a.max(b)));
+        // The shard of `key`'s index among the two held.
+        macro_rules! shard {
+            ($index:expr) => {
+                match second.as_deref_mut() {
+                    Some(s) if $index == a.max(b) => s,
+                    _ => &mut *first,
+                }
+            };
+        }
+        self.write_entry(shard!(a), old)?;
+        self.write_entry(shard!(b), new)?;
+        let outcome = self.regenerate_stored(old.as_bytes(), new.as_bytes())?;
+        if outcome != Regenerated::Collision {
+            let moving = shard!(a).map.remove(old);
+            shard!(b).map.remove(new);
+            if let (Regenerated::Moved, Some(entry)) = (outcome, moving) {
+                self.cache(shard!(b), new, entry.record);
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+impl Drop for Inner {
+    // The last handle is gone (the writer thread holds none between passes): store what
+    // only the cache holds, and wait for the disk. Errors are logged; nothing panics.
+    fn drop(&mut self) {
+        if let Err(e) = self.write_dirty() {
+            tracing::warn!(error = %e, "sled provider closed with unwritten session changes");
+        }
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "sled provider could not flush on close");
+        }
     }
 }
 
@@ -584,16 +960,16 @@ impl Inner {
 impl Provider for SledProvider {
     // `load` and `save` run inline: see the module documentation.
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
-        self.inner.load(id.storage_key().as_bytes())
+        self.inner.load(&id.storage_key())
     }
 
     fn load_now(&self, id: &SessionId) -> Option<Result<Option<Record>>> {
-        Some(self.inner.load(id.storage_key().as_bytes()))
+        Some(self.inner.load(&id.storage_key()))
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let (key, record) = (id.storage_key(), record.clone());
-        let created = self.run(move |i| i.create(key.as_bytes(), &record)).await?;
+        let created = self.run(move |i| i.create(&key, &record)).await?;
         if created {
             self.flush().await?;
         }
@@ -601,16 +977,16 @@ impl Provider for SledProvider {
     }
 
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
-        self.inner.save(id.storage_key().as_bytes(), changes)
+        self.inner.save(&id.storage_key(), changes)
     }
 
     fn save_now(&self, id: &SessionId, changes: &ChangeSet) -> Option<Result<bool>> {
-        Some(self.inner.save(id.storage_key().as_bytes(), changes))
+        Some(self.inner.save(&id.storage_key(), changes))
     }
 
     async fn destroy(&self, id: &SessionId) -> Result<()> {
         let key = id.storage_key();
-        if self.run(move |i| i.destroy(key.as_bytes())).await? {
+        if self.run(move |i| i.destroy(&key)).await? {
             self.flush().await?;
         }
         Ok(())
@@ -618,9 +994,7 @@ impl Provider for SledProvider {
 
     async fn regenerate(&self, old: &SessionId, new: &SessionId) -> Result<Regenerated> {
         let (old, new) = (old.storage_key(), new.storage_key());
-        let outcome = self
-            .run(move |i| i.regenerate(old.as_bytes(), new.as_bytes()))
-            .await?;
+        let outcome = self.run(move |i| i.regenerate(&old, &new)).await?;
         if outcome != Regenerated::Collision {
             self.flush().await?;
         }
@@ -653,12 +1027,20 @@ mod tests {
 
     #[test]
     fn config_forms() {
-        assert_eq!(parse_config(" data/s ").unwrap(), PathBuf::from("data/s"));
+        assert_eq!(
+            parse_config(" data/s ").unwrap(),
+            (PathBuf::from("data/s"), DEFAULT_CACHE_CAPACITY)
+        );
         assert_eq!(
             parse_config("data_dir=./app.db,db=0").unwrap(),
-            PathBuf::from("./app.db")
+            (PathBuf::from("./app.db"), DEFAULT_CACHE_CAPACITY)
+        );
+        assert_eq!(
+            parse_config("data_dir=./app.db, cache = 10").unwrap(),
+            (PathBuf::from("./app.db"), 10)
         );
         assert!(parse_config("data_dir=x,bogus=1").is_err());
+        assert!(parse_config("data_dir=x,cache=0").is_err());
     }
 
     #[test]
