@@ -507,3 +507,286 @@ async fn saves_racing_a_regenerate_are_carried_over_or_refused() {
     }
     assert_eq!(p.count().await.unwrap(), 0);
 }
+
+// --- The write-behind cache -------------------------------------------------------------
+
+/// The record a closed database holds for `sid`, decoded.
+fn stored(db: &sled::Db, sid: &SessionId) -> Option<Record> {
+    db.open_tree(RECORDS)
+        .unwrap()
+        .get(sid.storage_key())
+        .unwrap()
+        .map(|bytes| Record::decode(&bytes).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_are_coalesced_and_reach_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Clock::system();
+    let (sid, other) = (id(), id());
+    {
+        let p = SledProvider::open(&path, clock.clone()).unwrap();
+        assert!(p.create(&sid, &record(&clock, &[], HOUR)).await.unwrap());
+        assert!(p.create(&other, &record(&clock, &[], HOUR)).await.unwrap());
+        for n in 0..100 {
+            assert!(
+                p.save(&sid, &set(&clock, "n", &n.to_string()))
+                    .await
+                    .unwrap()
+            );
+        }
+        assert_eq!(p.persist().await.unwrap(), 1, "100 saves, one write");
+        assert_eq!(p.persist().await.unwrap(), 0, "nothing left to write");
+        // Saves the writer has not stored yet: dropping the provider writes them.
+        assert!(p.save(&sid, &set(&clock, "last", "1")).await.unwrap());
+        assert!(
+            p.save_now(&other, &set(&clock, "fast", "1"))
+                .unwrap()
+                .unwrap()
+        );
+    }
+    let db = reopen(&path);
+    let r = stored(&db, &sid).expect("the session reached the disk");
+    assert_eq!(r.values["n"], "99");
+    assert_eq!(r.values["last"], "1");
+    assert_eq!(stored(&db, &other).unwrap().values["fast"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_racing_the_writer_never_resurrects() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Clock::system();
+    const SESSIONS: usize = 16;
+    let mut all = Vec::new();
+    {
+        let p = Arc::new(SledProvider::open(&path, clock.clone()).unwrap());
+        for _ in 0..10 {
+            let sids: Vec<SessionId> = (0..SESSIONS).map(|_| id()).collect();
+            for sid in &sids {
+                assert!(p.create(sid, &record(&clock, &[], HOUR)).await.unwrap());
+            }
+            let mut tasks = Vec::new();
+            for sid in &sids {
+                let (p, sid, clock) = (Arc::clone(&p), sid.clone(), clock.clone());
+                tasks.push(tokio::spawn(async move {
+                    for n in 0..50 {
+                        // Accepted until the destroy, refused afterwards.
+                        let _ = p
+                            .save(&sid, &set(&clock, "n", &n.to_string()))
+                            .await
+                            .unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                }));
+            }
+            {
+                let (p, sids) = (Arc::clone(&p), sids.clone());
+                tasks.push(tokio::spawn(async move {
+                    for sid in &sids {
+                        tokio::task::yield_now().await;
+                        p.destroy(sid).await.unwrap();
+                    }
+                }));
+            }
+            {
+                let p = Arc::clone(&p);
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..20 {
+                        p.persist().await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            for sid in &sids {
+                assert!(
+                    p.load(sid).await.unwrap().is_none(),
+                    "a destroyed session came back"
+                );
+                assert!(!p.save(sid, &set(&clock, "late", "1")).await.unwrap());
+            }
+            all.extend(sids);
+        }
+        p.persist().await.unwrap();
+        assert_eq!(p.count().await.unwrap(), 0);
+    }
+    let db = reopen(&path);
+    for sid in &all {
+        assert!(
+            stored(&db, sid).is_none(),
+            "a destroyed session reached the disk"
+        );
+    }
+    assert_eq!(db.open_tree(RECORDS).unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regenerate_racing_saves_and_the_writer_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Clock::system();
+    const TASKS: usize = 6;
+    let mut moved = Vec::new();
+    {
+        let p = Arc::new(SledProvider::open(&path, clock.clone()).unwrap());
+        for _ in 0..10 {
+            let (old, new) = (id(), id());
+            assert!(p.create(&old, &record(&clock, &[], HOUR)).await.unwrap());
+            let savers: Vec<_> = (0..TASKS)
+                .map(|t| {
+                    let (p, old, clock) = (Arc::clone(&p), old.clone(), clock.clone());
+                    tokio::spawn(async move {
+                        let mut last = None;
+                        for n in 0..100 {
+                            let changes = set(&clock, &format!("t{t}"), &n.to_string());
+                            if !p.save(&old, &changes).await.unwrap() {
+                                break;
+                            }
+                            last = Some(n);
+                            tokio::task::yield_now().await;
+                        }
+                        last
+                    })
+                })
+                .collect();
+            let writer = {
+                let p = Arc::clone(&p);
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        p.persist().await.unwrap();
+                    }
+                })
+            };
+            let regen = {
+                let (p, old, new) = (Arc::clone(&p), old.clone(), new.clone());
+                tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    p.regenerate(&old, &new).await.unwrap()
+                })
+            };
+            let mut accepted = Vec::new();
+            for s in savers {
+                accepted.push(s.await.unwrap());
+            }
+            writer.await.unwrap();
+            assert_eq!(regen.await.unwrap(), Regenerated::Moved);
+            assert!(p.load(&old).await.unwrap().is_none(), "the old id survived");
+            let r = p.load(&new).await.unwrap().expect("the session was lost");
+            for (t, last) in accepted.iter().enumerate() {
+                assert_eq!(
+                    r.values.get(&format!("t{t}")),
+                    last.map(|n| n.to_string()).as_ref(),
+                    "task {t}: an accepted save was lost, or a refused one landed"
+                );
+            }
+            moved.push((old, new, r));
+        }
+    }
+    let db = reopen(&path);
+    for (old, new, r) in &moved {
+        assert!(stored(&db, old).is_none(), "the old id reached the disk");
+        assert_eq!(stored(&db, new).as_ref(), Some(r));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_and_count_judge_deadlines_only_the_cache_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Clock::manual();
+    let lifetime = Duration::from_secs(10);
+    let (extended, shortened, untouched) = (id(), id(), id());
+    {
+        let p = SledProvider::open_with_lifetime(&path, clock.clone(), lifetime).unwrap();
+        assert!(
+            p.create(&extended, &record(&clock, &[], 1_000))
+                .await
+                .unwrap()
+        );
+        assert!(
+            p.create(&shortened, &record(&clock, &[], 60_000))
+                .await
+                .unwrap()
+        );
+        assert!(
+            p.create(&untouched, &record(&clock, &[], 1_000))
+                .await
+                .unwrap()
+        );
+        // Dirty, never persisted: sled still holds the old deadlines.
+        let mut longer = set(&clock, "k", "1");
+        longer.expires_at = clock.now_ms() + 60_000;
+        assert!(p.save(&extended, &longer).await.unwrap());
+        let mut shorter = set(&clock, "k", "2");
+        shorter.expires_at = clock.now_ms() + 1_000;
+        assert!(p.save(&shortened, &shorter).await.unwrap());
+
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(
+            p.count().await.unwrap(),
+            1,
+            "count missed the cache's deadlines"
+        );
+        assert!(p.save(&extended, &longer).await.unwrap());
+        assert_eq!(p.gc().await.unwrap(), 2, "gc missed or removed a session");
+        assert_eq!(p.gc().await.unwrap(), 0);
+        assert_eq!(p.load(&extended).await.unwrap().unwrap().values["k"], "1");
+        assert!(p.load(&shortened).await.unwrap().is_none());
+        assert!(p.load(&untouched).await.unwrap().is_none());
+        assert_eq!(p.count().await.unwrap(), 1);
+    }
+    let db = reopen(&path);
+    assert_eq!(db.open_tree(RECORDS).unwrap().len(), 1);
+    assert_eq!(
+        stored(&db, &extended).unwrap().expires_at,
+        clock.now_ms() + 58_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_cache_evicts_without_losing_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Clock::system();
+    let sids: Vec<SessionId> = (0..50).map(|_| id()).collect();
+    {
+        // Through the registry's config form: a bound of 4 sessions.
+        let ctx = ProviderContext::new(
+            format!("data_dir={},cache=4", path.display()),
+            clock.clone(),
+            Duration::from_secs(3600),
+        );
+        let p = build("sled", &ctx).unwrap();
+        assert!(format!("{p:?}").contains("cache_capacity: 4"));
+        for sid in &sids {
+            assert!(
+                p.create(sid, &record(&clock, &[("k", "0")], HOUR))
+                    .await
+                    .unwrap()
+            );
+        }
+        for round in 1..=3 {
+            for (i, sid) in sids.iter().enumerate() {
+                let changes = set(&clock, &format!("r{round}"), &i.to_string());
+                assert!(p.save(sid, &changes).await.unwrap());
+            }
+        }
+        for (i, sid) in sids.iter().enumerate() {
+            let r = p.load(sid).await.unwrap().unwrap();
+            assert_eq!(r.values.len(), 4);
+            assert_eq!(r.values["r3"], i.to_string());
+        }
+        assert_eq!(p.count().await.unwrap(), sids.len());
+    }
+    let p = reopen_provider(&path, &clock);
+    for (i, sid) in sids.iter().enumerate() {
+        let r = p.load(sid).await.unwrap().unwrap();
+        for round in 1..=3 {
+            assert_eq!(r.values[&format!("r{round}")], i.to_string());
+        }
+    }
+}
