@@ -126,10 +126,7 @@ impl FileProvider {
         F: FnOnce(&Inner) -> io::Result<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        blocking::run(NAME, move || {
-            work(&inner).map_err(|e| Error::backend(NAME, e))
-        })
-        .await
+        blocking::run(NAME, move || work(&inner).map_err(io_error)).await
     }
 }
 
@@ -353,14 +350,13 @@ impl Inner {
     }
 }
 
-fn corrupt_or_backend(e: Error) -> Error {
-    match e {
-        Error::Backend { source, .. } => match source.downcast::<io::Error>() {
-            Ok(io) if io.kind() == io::ErrorKind::InvalidData => Error::Corrupt(io),
-            Ok(io) => Error::backend(NAME, io),
-            Err(other) => Error::backend(NAME, other),
-        },
-        other => other,
+/// A file operation's failure: a record that does not decode (`InvalidData`, from
+/// [`Inner::judge`]) is [`Error::Corrupt`], anything else a backend error.
+fn io_error(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::InvalidData {
+        Error::Corrupt(Box::new(e))
+    } else {
+        Error::backend(NAME, e)
     }
 }
 
@@ -368,18 +364,13 @@ fn corrupt_or_backend(e: Error) -> Error {
 impl Provider for FileProvider {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
         let key = id.storage_key();
-        self.run(move |i| i.load(&key))
-            .await
-            .map_err(corrupt_or_backend)
+        self.run(move |i| i.load(&key)).await
     }
 
     /// With `sync=lifecycle` a load is a page-cache read: done at once, on the caller's thread.
     fn load_now(&self, id: &SessionId) -> Option<Result<Option<Record>>> {
-        (self.inner.sync == SyncMode::Lifecycle).then(|| {
-            self.inner
-                .load(&id.storage_key())
-                .map_err(|e| corrupt_or_backend(Error::backend(NAME, e)))
-        })
+        (self.inner.sync == SyncMode::Lifecycle)
+            .then(|| self.inner.load(&id.storage_key()).map_err(io_error))
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
@@ -397,9 +388,7 @@ impl Provider for FileProvider {
 
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
         let (key, changes) = (id.storage_key(), changes.clone());
-        self.run(move |i| i.save(&key, &changes))
-            .await
-            .map_err(corrupt_or_backend)
+        self.run(move |i| i.save(&key, &changes)).await
     }
 
     /// With `sync=lifecycle` a save is a page-cache write: done at once, on the caller's
@@ -408,7 +397,7 @@ impl Provider for FileProvider {
         (self.inner.sync == SyncMode::Lifecycle).then(|| {
             self.inner
                 .save(&id.storage_key(), changes)
-                .map_err(|e| corrupt_or_backend(Error::backend(NAME, e)))
+                .map_err(io_error)
         })
     }
 
@@ -441,7 +430,6 @@ impl Provider for FileProvider {
             Ok(outcome)
         })
         .await
-        .map_err(corrupt_or_backend)
     }
 
     async fn count(&self) -> Result<usize> {
