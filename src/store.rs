@@ -399,6 +399,18 @@ impl Store {
         self.shared.provider.gc().await
     }
 
+    /// The provider's `load`, answered at once where the provider can ([`Provider::load_now`]).
+    ///
+    /// [`Provider::load_now`]: crate::Provider::load_now
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+        let provider = &self.shared.provider;
+        match provider.load_now(id) {
+            Some(done) => done,
+            None => provider.load(id).await,
+        }
+    }
+
+    /// The provider's `save`, answered at once where the provider can.
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
         let provider = &self.shared.provider;
         match provider.save_now(id, changes) {
@@ -413,11 +425,7 @@ impl Store {
         if matches!(state.phase, Phase::Unloaded) {
             state.phase = Phase::Anonymous;
             if let Some(id) = state.incoming.take() {
-                let provider = &self.shared.provider;
-                let loaded = match provider.load_now(&id) {
-                    Some(done) => done,
-                    None => provider.load(&id).await,
-                };
+                let loaded = self.load(&id).await;
                 let now = self.shared.config.clock.now_ms();
                 state.loaded_at = Some(now);
                 match loaded {
