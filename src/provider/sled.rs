@@ -901,7 +901,7 @@ impl Inner {
         if !self.create_stored(key.as_bytes(), record)? {
             return Ok(false);
         }
-        shard.map.remove(key);
+        // Replaces a cached dead record in place (no eviction for a key already held).
         self.cache(&mut shard, key, record.clone());
         Ok(true)
     }
