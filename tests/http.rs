@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -854,17 +854,41 @@ async fn r3_a_corrupt_record_is_removed_and_the_visitor_starts_afresh() {
     assert_eq!(b.get("/get?key=k").await.body, "w");
 }
 
-/// A provider that fails on demand: `down` makes every call unavailable, `save_fails` breaks saves.
-#[derive(Debug)]
-struct Flaky {
-    inner: MemoryProvider,
-    down: Arc<AtomicBool>,
-    save_fails: Arc<AtomicBool>,
+/// A memory provider behind switches and counters: `down` makes every call unavailable,
+/// `save_fails` breaks saves, `collide` makes the next `create` report a taken id, and
+/// `loads` / `writes` count the calls that reach it (`writes`: create, save, destroy,
+/// regenerate). It answers nothing at once, so every call goes through the async methods.
+#[derive(Debug, Default)]
+struct Probe {
+    down: AtomicBool,
+    save_fails: AtomicBool,
+    collide: AtomicBool,
+    loads: AtomicUsize,
+    writes: AtomicUsize,
 }
 
-impl Flaky {
+/// A provider built from a shared [`Probe`] and a memory provider on the handler's clock.
+#[derive(Debug)]
+struct Probed {
+    probe: Arc<Probe>,
+    inner: MemoryProvider,
+}
+
+impl Probed {
+    /// Registers `name` as a provider that goes through `probe`.
+    fn register(name: &str, probe: &Arc<Probe>) {
+        let probe = Arc::clone(probe);
+        register(name, move |ctx| {
+            Ok(Arc::new(Probed {
+                probe: Arc::clone(&probe),
+                inner: MemoryProvider::new(100, ctx.clock.clone()),
+            }) as Arc<dyn Provider>)
+        })
+        .unwrap();
+    }
+
     fn check(&self) -> sessioner::Result<()> {
-        if self.down.load(Ordering::SeqCst) {
+        if self.probe.down.load(Ordering::SeqCst) {
             return Err(Error::Unavailable {
                 provider: "flaky",
                 source: "connection refused: 10.0.0.7:6379 secret".into(),
@@ -872,21 +896,31 @@ impl Flaky {
         }
         Ok(())
     }
+
+    fn write(&self) -> sessioner::Result<()> {
+        self.check()?;
+        self.probe.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 #[async_trait]
-impl Provider for Flaky {
+impl Provider for Probed {
     async fn load(&self, id: &SessionId) -> sessioner::Result<Option<Record>> {
         self.check()?;
+        self.probe.loads.fetch_add(1, Ordering::SeqCst);
         self.inner.load(id).await
     }
     async fn create(&self, id: &SessionId, record: &Record) -> sessioner::Result<bool> {
-        self.check()?;
+        self.write()?;
+        if self.probe.collide.swap(false, Ordering::SeqCst) {
+            return Ok(false);
+        }
         self.inner.create(id, record).await
     }
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> sessioner::Result<bool> {
-        self.check()?;
-        if self.save_fails.load(Ordering::SeqCst) {
+        self.write()?;
+        if self.probe.save_fails.load(Ordering::SeqCst) {
             return Err(Error::Backend {
                 provider: "flaky",
                 source: "disk full at /secret/path".into(),
@@ -895,11 +929,11 @@ impl Provider for Flaky {
         self.inner.save(id, changes).await
     }
     async fn destroy(&self, id: &SessionId) -> sessioner::Result<()> {
-        self.check()?;
+        self.write()?;
         self.inner.destroy(id).await
     }
     async fn regenerate(&self, old: &SessionId, new: &SessionId) -> sessioner::Result<Regenerated> {
-        self.check()?;
+        self.write()?;
         self.inner.regenerate(old, new).await
     }
     async fn count(&self) -> sessioner::Result<usize> {
@@ -909,17 +943,8 @@ impl Provider for Flaky {
 
 #[tokio::test]
 async fn r1_r2_r9_bug12_backend_failures_are_opaque_http_errors_and_recover() {
-    let down = Arc::new(AtomicBool::new(false));
-    let save_fails = Arc::new(AtomicBool::new(false));
-    let (d, s) = (down.clone(), save_fails.clone());
-    register("flaky-test", move |ctx| {
-        Ok(Arc::new(Flaky {
-            inner: MemoryProvider::new(100, ctx.clock.clone()),
-            down: d.clone(),
-            save_fails: s.clone(),
-        }) as Arc<dyn Provider>)
-    })
-    .unwrap();
+    let probe = Arc::new(Probe::default());
+    Probed::register("flaky-test", &probe);
     assert!(matches!(
         register("flaky-test", |_| unreachable!()),
         Err(Error::DuplicateProvider(_))
@@ -932,7 +957,7 @@ async fn r1_r2_r9_bug12_backend_failures_are_opaque_http_errors_and_recover() {
     b.get("/set?key=user&value=ann").await;
     let sid = b.cookie(C).unwrap();
 
-    down.store(true, Ordering::SeqCst);
+    probe.down.store(true, Ordering::SeqCst);
     let r = b.get("/get?key=user").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_opaque(&r.body);
@@ -943,7 +968,7 @@ async fn r1_r2_r9_bug12_backend_failures_are_opaque_http_errors_and_recover() {
         "routes that never touch the session still work"
     );
 
-    down.store(false, Ordering::SeqCst);
+    probe.down.store(false, Ordering::SeqCst);
     assert_eq!(
         b.get("/get?key=user").await.body,
         "ann",
@@ -951,7 +976,7 @@ async fn r1_r2_r9_bug12_backend_failures_are_opaque_http_errors_and_recover() {
     );
     assert_eq!(b.cookie(C).unwrap(), sid);
 
-    save_fails.store(true, Ordering::SeqCst);
+    probe.save_fails.store(true, Ordering::SeqCst);
     let r = b.get("/set?key=user&value=bob").await;
     assert_eq!(
         r.status,
@@ -960,51 +985,17 @@ async fn r1_r2_r9_bug12_backend_failures_are_opaque_http_errors_and_recover() {
     );
     assert_opaque(&r.body);
     assert!(!r.body.contains("ok"), "the handler's body is not sent");
-    save_fails.store(false, Ordering::SeqCst);
+    probe.save_fails.store(false, Ordering::SeqCst);
     assert_eq!(b.get("/get?key=user").await.body, "ann");
-}
-
-/// Reports a collision on its first `create`, as if the new id were taken.
-#[derive(Debug)]
-struct CollideOnce {
-    inner: MemoryProvider,
-    collided: AtomicBool,
-}
-
-#[async_trait]
-impl Provider for CollideOnce {
-    async fn load(&self, id: &SessionId) -> sessioner::Result<Option<Record>> {
-        self.inner.load(id).await
-    }
-    async fn create(&self, id: &SessionId, record: &Record) -> sessioner::Result<bool> {
-        if !self.collided.swap(true, Ordering::SeqCst) {
-            return Ok(false);
-        }
-        self.inner.create(id, record).await
-    }
-    async fn save(&self, id: &SessionId, changes: &ChangeSet) -> sessioner::Result<bool> {
-        self.inner.save(id, changes).await
-    }
-    async fn destroy(&self, id: &SessionId) -> sessioner::Result<()> {
-        self.inner.destroy(id).await
-    }
-    async fn regenerate(&self, old: &SessionId, new: &SessionId) -> sessioner::Result<Regenerated> {
-        self.inner.regenerate(old, new).await
-    }
-    async fn count(&self) -> sessioner::Result<usize> {
-        self.inner.count().await
-    }
 }
 
 #[tokio::test]
 async fn s4_a_colliding_id_is_replaced_not_overwritten() {
-    register("collide-once-test", |ctx| {
-        Ok(Arc::new(CollideOnce {
-            inner: MemoryProvider::new(100, ctx.clock.clone()),
-            collided: AtomicBool::new(false),
-        }) as Arc<dyn Provider>)
-    })
-    .unwrap();
+    let probe = Arc::new(Probe {
+        collide: AtomicBool::new(true),
+        ..Default::default()
+    });
+    Probed::register("collide-once-test", &probe);
     let mut b = Browser::new(service(Options {
         provider: "collide-once-test".into(),
         ..Default::default()
@@ -1014,6 +1005,82 @@ async fn s4_a_colliding_id_is_replaced_not_overwritten() {
     assert!(r.cookie(C).is_some());
     assert_eq!(b.get("/get?key=k").await.body, "v");
     assert_eq!(b.get("/count").await.body, "1");
+    assert_eq!(
+        probe.writes.load(Ordering::SeqCst),
+        2,
+        "one refused create, one that stored"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_never_asks_for_its_session_never_reaches_the_backend() {
+    let probe = Arc::new(Probe::default());
+    Probed::register("lazy-test", &probe);
+    let mut b = Browser::new(service(Options {
+        provider: "lazy-test".into(),
+        ..Default::default()
+    }));
+    b.get("/set?key=k&value=v").await;
+    let (loads, writes) = (&probe.loads, &probe.writes);
+    assert_eq!(
+        (loads.load(Ordering::SeqCst), writes.load(Ordering::SeqCst)),
+        (0, 1)
+    );
+    for _ in 0..3 {
+        let r = b.get("/hello").await;
+        assert_eq!(r.body, "hello");
+        assert!(r.set_cookies.is_empty());
+    }
+    assert_eq!(
+        (loads.load(Ordering::SeqCst), writes.load(Ordering::SeqCst)),
+        (0, 1),
+        "a route that never asks loaded or wrote the session"
+    );
+    assert_eq!(b.get("/get?key=k").await.body, "v");
+    assert_eq!(
+        (loads.load(Ordering::SeqCst), writes.load(Ordering::SeqCst)),
+        (1, 1),
+        "a read is one load and no write"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_request_writes_at_most_once_per_tenth_of_max_lifetime() {
+    let probe = Arc::new(Probe::default());
+    Probed::register("touch-test", &probe);
+    let clock = Clock::manual();
+    let mut b = Browser::new(service(Options {
+        provider: "touch-test".into(),
+        clock: clock.clone(),
+        max_lifetime: Some(Duration::from_secs(100)),
+        ..Default::default()
+    }));
+    b.get("/set?key=k&value=v").await;
+    let writes = || probe.writes.load(Ordering::SeqCst);
+    assert_eq!(writes(), 1);
+    // Within a tenth (10 s) of the lifetime since the last write: reads write nothing.
+    for _ in 0..4 {
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(b.get("/get?key=k").await.body, "v");
+    }
+    assert_eq!(
+        writes(),
+        1,
+        "a read refreshed a deadline that gained under a tenth"
+    );
+    // 11 s after the last write the refresh gains more than a tenth: one write, then quiet.
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(b.get("/get?key=k").await.body, "v");
+    assert_eq!(
+        writes(),
+        2,
+        "the read did not refresh a deadline a tenth old"
+    );
+    assert_eq!(b.get("/get?key=k").await.body, "v");
+    assert_eq!(writes(), 2);
+    // The refreshed deadline holds: 95 s after that write the session is still alive.
+    clock.advance(Duration::from_secs(95));
+    assert_eq!(b.get("/get?key=k").await.body, "v");
 }
 
 #[tokio::test]
