@@ -256,26 +256,18 @@ pub fn backends() -> Vec<Backend> {
         },
         guard: Box::new(()),
     }];
-    let dir = tempfile::tempdir().unwrap();
-    all.push(Backend {
-        name: "file",
-        options: Options {
-            provider: "file".into(),
-            provider_config: dir.path().join("s").to_string_lossy().into(),
-            ..Default::default()
-        },
-        guard: Box::new(dir),
-    });
-    let dir = tempfile::tempdir().unwrap();
-    all.push(Backend {
-        name: "file,sync=lifecycle",
-        options: Options {
-            provider: "file".into(),
-            provider_config: format!("{},sync=lifecycle", dir.path().join("s").display()),
-            ..Default::default()
-        },
-        guard: Box::new(dir),
-    });
+    for (name, suffix) in [("file", ""), ("file,sync=lifecycle", ",sync=lifecycle")] {
+        let dir = tempfile::tempdir().unwrap();
+        all.push(Backend {
+            name,
+            options: Options {
+                provider: "file".into(),
+                provider_config: format!("{}{suffix}", dir.path().join("s").display()),
+                ..Default::default()
+            },
+            guard: Box::new(dir),
+        });
+    }
     #[cfg(feature = "sled")]
     {
         let dir = tempfile::tempdir().unwrap();
