@@ -452,57 +452,77 @@ async fn concurrent_saves_from_many_tasks_all_land_and_stay_collectable() {
     assert_eq!(p.gc().await.unwrap(), 0);
 }
 
+/// Creates a session, then races `tasks` tasks (each saving its own key until a save is
+/// refused) against a regenerate to a new id and, with `persist`, against the write-behind
+/// writer. Asserts the old id is dead and that exactly the accepted saves moved along;
+/// returns the ids and the moved record.
+async fn race_saves_with_a_regenerate(
+    p: &Arc<SledProvider>,
+    clock: &Clock,
+    tasks: usize,
+    persist: bool,
+) -> (SessionId, SessionId, Record) {
+    let (old, new) = (id(), id());
+    assert!(p.create(&old, &record(clock, &[], HOUR)).await.unwrap());
+    let savers: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (p, old, clock) = (Arc::clone(p), old.clone(), clock.clone());
+            tokio::spawn(async move {
+                let mut last = None;
+                for n in 0..200 {
+                    let changes = set(&clock, &format!("t{t}"), &n.to_string());
+                    if !p.save(&old, &changes).await.unwrap() {
+                        break;
+                    }
+                    last = Some(n);
+                    tokio::task::yield_now().await;
+                }
+                last
+            })
+        })
+        .collect();
+    let writer = persist.then(|| {
+        let p = Arc::clone(p);
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                p.persist().await.unwrap();
+            }
+        })
+    });
+    let regen = {
+        let (p, old, new) = (Arc::clone(p), old.clone(), new.clone());
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            p.regenerate(&old, &new).await.unwrap()
+        })
+    };
+    let mut accepted = Vec::new();
+    for s in savers {
+        accepted.push(s.await.unwrap());
+    }
+    if let Some(writer) = writer {
+        writer.await.unwrap();
+    }
+    assert_eq!(regen.await.unwrap(), Regenerated::Moved);
+    assert!(p.load(&old).await.unwrap().is_none(), "the old id survived");
+    let moved = p.load(&new).await.unwrap().expect("the session was lost");
+    for (t, last) in accepted.iter().enumerate() {
+        assert_eq!(
+            moved.values.get(&format!("t{t}")),
+            last.map(|n| n.to_string()).as_ref(),
+            "task {t}: an accepted save was lost, or a refused one landed"
+        );
+    }
+    (old, new, moved)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saves_racing_a_regenerate_are_carried_over_or_refused() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual();
     let p = Arc::new(SledProvider::open(dir.path().join("db"), clock.clone()).unwrap());
-    const TASKS: usize = 8;
     for _ in 0..20 {
-        let (old, new) = (id(), id());
-        assert!(p.create(&old, &record(&clock, &[], HOUR)).await.unwrap());
-        // Each task saves its own key until a save is refused; the last accepted value of
-        // every task must end up under the new id.
-        let savers: Vec<_> = (0..TASKS)
-            .map(|t| {
-                let (p, old, clock) = (Arc::clone(&p), old.clone(), clock.clone());
-                tokio::spawn(async move {
-                    let mut last = None;
-                    for n in 0..200 {
-                        if !p
-                            .save(&old, &set(&clock, &format!("t{t}"), &n.to_string()))
-                            .await
-                            .unwrap()
-                        {
-                            break;
-                        }
-                        last = Some(n);
-                    }
-                    last
-                })
-            })
-            .collect();
-        let regen = {
-            let (p, old, new) = (Arc::clone(&p), old.clone(), new.clone());
-            tokio::spawn(async move {
-                tokio::task::yield_now().await;
-                p.regenerate(&old, &new).await.unwrap()
-            })
-        };
-        let mut accepted = Vec::new();
-        for s in savers {
-            accepted.push(s.await.unwrap());
-        }
-        assert_eq!(regen.await.unwrap(), Regenerated::Moved);
-        assert!(p.load(&old).await.unwrap().is_none(), "the old id survived");
-        let moved = p.load(&new).await.unwrap().expect("the session was lost");
-        for (t, last) in accepted.iter().enumerate() {
-            assert_eq!(
-                moved.values.get(&format!("t{t}")),
-                last.map(|n| n.to_string()).as_ref(),
-                "task {t}: an accepted save was lost, or a refused one landed"
-            );
-        }
+        let (_, new, _) = race_saves_with_a_regenerate(&p, &clock, 8, false).await;
         p.destroy(&new).await.unwrap();
     }
     assert_eq!(p.count().await.unwrap(), 0);
@@ -629,61 +649,11 @@ async fn regenerate_racing_saves_and_the_writer_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let clock = Clock::system();
-    const TASKS: usize = 6;
     let mut moved = Vec::new();
     {
         let p = Arc::new(SledProvider::open(&path, clock.clone()).unwrap());
         for _ in 0..10 {
-            let (old, new) = (id(), id());
-            assert!(p.create(&old, &record(&clock, &[], HOUR)).await.unwrap());
-            let savers: Vec<_> = (0..TASKS)
-                .map(|t| {
-                    let (p, old, clock) = (Arc::clone(&p), old.clone(), clock.clone());
-                    tokio::spawn(async move {
-                        let mut last = None;
-                        for n in 0..100 {
-                            let changes = set(&clock, &format!("t{t}"), &n.to_string());
-                            if !p.save(&old, &changes).await.unwrap() {
-                                break;
-                            }
-                            last = Some(n);
-                            tokio::task::yield_now().await;
-                        }
-                        last
-                    })
-                })
-                .collect();
-            let writer = {
-                let p = Arc::clone(&p);
-                tokio::spawn(async move {
-                    for _ in 0..10 {
-                        p.persist().await.unwrap();
-                    }
-                })
-            };
-            let regen = {
-                let (p, old, new) = (Arc::clone(&p), old.clone(), new.clone());
-                tokio::spawn(async move {
-                    tokio::task::yield_now().await;
-                    p.regenerate(&old, &new).await.unwrap()
-                })
-            };
-            let mut accepted = Vec::new();
-            for s in savers {
-                accepted.push(s.await.unwrap());
-            }
-            writer.await.unwrap();
-            assert_eq!(regen.await.unwrap(), Regenerated::Moved);
-            assert!(p.load(&old).await.unwrap().is_none(), "the old id survived");
-            let r = p.load(&new).await.unwrap().expect("the session was lost");
-            for (t, last) in accepted.iter().enumerate() {
-                assert_eq!(
-                    r.values.get(&format!("t{t}")),
-                    last.map(|n| n.to_string()).as_ref(),
-                    "task {t}: an accepted save was lost, or a refused one landed"
-                );
-            }
-            moved.push((old, new, r));
+            moved.push(race_saves_with_a_regenerate(&p, &clock, 6, true).await);
         }
     }
     let db = reopen(&path);
