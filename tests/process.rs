@@ -78,6 +78,18 @@ impl Demo {
         demo
     }
 
+    /// GETs `path` every 100 ms until it answers 200, for at most 30 s; the last reply.
+    fn get_until_ok(&self, path: &str, cookie: &str) -> Reply {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.get(path, Some(cookie));
+            if r.status == 200 || Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn get(&self, path: &str, cookie: Option<&str>) -> Reply {
         get(self.port, path, cookie)
     }
@@ -267,14 +279,7 @@ fn r1_redis_stopped_mid_run_is_a_503_with_the_cookie_kept_then_recovers() {
     );
 
     server.restart(); // an empty redis (no persistence): the app recovers with a fresh session
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let back = loop {
-        let r = demo.get("/", Some(&cookie));
-        if r.status == 200 || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let back = demo.get_until_ok("/", &cookie);
     assert_eq!(back.status, 200, "the app recovers when redis returns");
     let fresh = back
         .session
@@ -316,14 +321,7 @@ fn r5_client_pause_makes_session_requests_fail_within_the_timeout() {
     );
 
     // Once the pause ends, the same session answers again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let back = loop {
-        let r = demo.get("/", Some(&cookie));
-        if r.status == 200 || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let back = demo.get_until_ok("/", &cookie);
     assert_eq!(
         visits(&back.body),
         2,
