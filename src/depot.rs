@@ -19,23 +19,17 @@ pub trait SessionDepotExt {
     fn flash_mut(&mut self) -> Result<&mut FlashMessages>;
 }
 
-/// What the middleware puts in the depot: one entry, so one insertion per request. The
-/// flash holds the request's [`Store`] (it keeps its messages in the session).
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub flash: FlashMessages,
-}
-
+// The middleware inserts one value per request, the `FlashMessages`, which holds the
+// request's `Store` (the flash keeps its messages in the session).
 impl SessionDepotExt for Depot {
     fn session(&self) -> Result<&Store> {
-        self.get_typed::<Entry>()
-            .map(|e| e.flash.store())
+        self.get_typed::<FlashMessages>()
+            .map(FlashMessages::store)
             .map_err(|_| Error::MissingMiddleware)
     }
 
     fn flash_mut(&mut self) -> Result<&mut FlashMessages> {
-        self.get_typed_mut::<Entry>()
-            .map(|e| &mut e.flash)
+        self.get_typed_mut::<FlashMessages>()
             .map_err(|_| Error::MissingMiddleware)
     }
 }

@@ -7,7 +7,6 @@ use salvo::http::cookie::{self, Cookie};
 use salvo::http::header::{CACHE_CONTROL, HeaderValue, UPGRADE};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 
-use crate::depot::Entry;
 use crate::error::Result;
 use crate::flash::{self, Flash, FlashMessages};
 use crate::options::{Config, Options, SameSite};
@@ -164,17 +163,18 @@ impl Handler for Sessioner {
         let cookie = req
             .cookie(&self.shared.config.cookie_name)
             .map(|c| c.value());
-        depot.insert_typed(Entry {
-            flash: FlashMessages::new(Store::new(Arc::clone(&self.shared), cookie)),
-        });
+        depot.insert_typed(FlashMessages::new(Store::new(
+            Arc::clone(&self.shared),
+            cookie,
+        )));
 
         ctrl.call_next(req, depot, res).await;
 
-        let Ok(entry) = depot.get_typed_mut::<Entry>() else {
+        let Ok(flash) = depot.get_typed_mut::<FlashMessages>() else {
             return;
         };
-        let next = entry.flash.take_next();
-        let store = entry.flash.store();
+        let next = flash.take_next();
+        let store = flash.store();
         // Fast path: a request that never touched its session has nothing to write.
         if next.is_empty() && store.is_untouched() {
             return;
