@@ -92,6 +92,20 @@ pub enum Error {
     /// The request's session middleware is missing: `sessioner(..)` is not among its hoops.
     #[error("no session in the depot: add `sessioner(..)` with `Router::hoop`")]
     MissingMiddleware,
+    /// Every freshly generated id was already taken (a provider answered `create` or
+    /// `regenerate` with a collision several times in a row; 128-bit ids never collide, so
+    /// this points at a broken provider or a broken random number generator).
+    #[error("no free session id after {attempts} attempts")]
+    IdCollision {
+        /// How many ids were tried.
+        attempts: usize,
+    },
+    /// The [`Store`](crate::Store) was used after the middleware had released it: the response
+    /// is on its way, so a change made now could reach neither the backend nor the cookie.
+    /// Finish session work before the handler returns, or write through
+    /// [`Sessioner::provider`](crate::Sessioner::provider) with the id read earlier.
+    #[error("the session was used after the response was released")]
+    Released,
 }
 
 /// `Result` with [`Error`].
@@ -106,21 +120,36 @@ impl Error {
         }
     }
 
-    pub(crate) fn backend(provider: &'static str, source: impl Into<BoxError>) -> Self {
+    /// [`Error::Backend`]: backend `provider` answered with an error (a `500`).
+    pub fn backend(provider: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Backend {
             provider,
             source: source.into(),
         }
     }
 
-    #[cfg_attr(
-        not(any(feature = "file", feature = "sled", feature = "redis")),
-        allow(dead_code)
-    )]
-    pub(crate) fn unavailable(provider: &'static str, source: impl Into<BoxError>) -> Self {
+    /// [`Error::Unavailable`]: backend `provider` cannot be reached or timed out (a `503`; the
+    /// visitor keeps the cookie and the app recovers when the backend returns).
+    pub fn unavailable(provider: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Unavailable {
             provider,
             source: source.into(),
+        }
+    }
+
+    /// [`Error::Corrupt`]: a stored record does not decode. Returned from
+    /// [`Provider::load`](crate::Provider::load), it makes the middleware remove the record
+    /// and start the visitor afresh.
+    pub fn corrupt(source: impl Into<BoxError>) -> Self {
+        Error::Corrupt(source.into())
+    }
+
+    /// [`Error::ProviderConfig`]: provider `provider` rejects its configuration. Name the part
+    /// that is wrong in `reason`, and never echo a password.
+    pub fn provider_config(provider: &str, reason: impl std::fmt::Display) -> Self {
+        Error::ProviderConfig {
+            provider: provider.to_owned(),
+            reason: reason.to_string(),
         }
     }
 

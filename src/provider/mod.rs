@@ -128,10 +128,7 @@ impl ProviderContext {
 
     /// A [`Error::ProviderConfig`] for provider `name`.
     pub fn error(name: &str, reason: impl fmt::Display) -> Error {
-        Error::ProviderConfig {
-            provider: name.to_owned(),
-            reason: reason.to_string(),
-        }
+        Error::provider_config(name, reason)
     }
 }
 
