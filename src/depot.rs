@@ -19,17 +19,21 @@ pub trait SessionDepotExt {
     fn flash_mut(&mut self) -> Result<&mut FlashMessages>;
 }
 
-// The middleware inserts one value per request, the `FlashMessages`, which holds the
-// request's `Store` (the flash keeps its messages in the session).
+/// The depot entry: one per request, the `FlashMessages`, which holds the request's `Store`
+/// (the flash keeps its messages in the session). A private type, so no handler can take it
+/// out of the depot by type (`depot.scrape`) and skip the save.
+pub(crate) struct Slot(pub(crate) FlashMessages);
+
 impl SessionDepotExt for Depot {
     fn session(&self) -> Result<&Store> {
-        self.get_typed::<FlashMessages>()
-            .map(FlashMessages::store)
+        self.get_typed::<Slot>()
+            .map(|slot| slot.0.store())
             .map_err(|_| Error::MissingMiddleware)
     }
 
     fn flash_mut(&mut self) -> Result<&mut FlashMessages> {
-        self.get_typed_mut::<FlashMessages>()
+        self.get_typed_mut::<Slot>()
+            .map(|slot| &mut slot.0)
             .map_err(|_| Error::MissingMiddleware)
     }
 }

@@ -59,6 +59,7 @@ impl Flash {
     }
 
     /// The message slot of `level`.
+    #[doc(hidden)]
     pub fn slot(&mut self, level: Level) -> &mut String {
         match level {
             Level::Success => &mut self.success_msg,
@@ -69,11 +70,13 @@ impl Flash {
     }
 
     /// Encodes the flash as it is stored in the session (JSON with macaron's names).
+    #[doc(hidden)]
     pub fn encode(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
 
     /// Decodes a stored flash; `None` when it is damaged, so a bad flash shows nothing.
+    #[doc(hidden)]
     pub fn decode(raw: &str) -> Option<Flash> {
         serde_json::from_str(raw).ok()
     }
@@ -121,6 +124,8 @@ pub struct FlashMessages {
     store: Store,
     /// Allocated on first use: most requests never touch the flash.
     state: Option<Box<State>>,
+    /// The middleware took the outgoing flash: later messages can reach no one.
+    released: bool,
 }
 
 #[derive(Debug, Default)]
@@ -133,12 +138,20 @@ struct State {
 
 impl FlashMessages {
     pub(crate) fn new(store: Store) -> Self {
-        FlashMessages { store, state: None }
+        FlashMessages {
+            store,
+            state: None,
+            released: false,
+        }
     }
 
     /// The session the flash lives in.
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub(crate) fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
     }
 
     fn state(&mut self) -> &mut State {
@@ -147,7 +160,17 @@ impl FlashMessages {
 
     /// Sets `level`'s message, for the next request, or for this response when `now`
     /// (macaron's `current` flag). `now` messages are never stored.
+    ///
+    /// Set after the middleware released the request (from an outer hoop, after the
+    /// response), a message reaches no one: it is dropped and logged at error level.
     pub fn set(&mut self, level: Level, message: impl Into<String>, now: bool) -> &mut Self {
+        if self.released {
+            tracing::error!(
+                ?level,
+                "flash message set after the session was released; dropped"
+            );
+            return self;
+        }
         let state = self.state();
         *(if now { &mut state.now } else { &mut state.next }).slot(level) = message.into();
         self
@@ -207,8 +230,10 @@ impl FlashMessages {
         Ok(flash)
     }
 
-    /// Takes the outgoing flash; empty when no message was set for the next request.
-    pub(crate) fn take_next(&mut self) -> Flash {
+    /// Takes the outgoing flash, after which setters only log; empty when no message was set
+    /// for the next request.
+    pub(crate) fn release(&mut self) -> Flash {
+        self.released = true;
         self.state
             .as_mut()
             .map(|s| std::mem::take(&mut s.next))

@@ -7,11 +7,12 @@ use salvo::http::cookie::{self, Cookie};
 use salvo::http::header::{CACHE_CONTROL, HeaderValue, UPGRADE};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 
+use crate::depot::Slot;
 use crate::error::Result;
 use crate::flash::{self, Flash, FlashMessages};
 use crate::options::{Config, Options, SameSite};
 use crate::provider::{self, Provider, ProviderContext};
-use crate::store::{CookieAction, Store};
+use crate::store::{CookieAction, Shared, Store};
 
 /// Builds the session middleware from `options`: `router.hoop(sessioner(options))`.
 ///
@@ -44,21 +45,26 @@ pub fn try_sessioner(options: Options) -> Result<Sessioner> {
     options.build()
 }
 
-/// The session middleware. Cheap to clone; clones share one provider.
+impl Options {
+    /// Builds the middleware, or says exactly what is wrong with the options.
+    ///
+    /// The same as [`try_sessioner`].
+    pub fn build(self) -> Result<Sessioner> {
+        Sessioner::new(self.resolve()?)
+    }
+}
+
+/// The session middleware. Cheap to clone; clones share one provider and one GC loop.
+///
+/// The background GC loop starts with the first request and stops when the last clone of
+/// the middleware is dropped (a [`Store`] a task still holds does not keep it running).
 #[derive(Clone, Debug)]
 pub struct Sessioner {
     shared: Arc<Shared>,
+    gc: Arc<OnceLock<GcTask>>,
 }
 
-/// What every request's [`Store`] shares: the settings and the provider.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub config: Config,
-    pub provider: Arc<dyn Provider>,
-    gc: OnceLock<GcTask>,
-}
-
-/// The background GC loop; stops when the last handler clone is dropped.
+/// The background GC loop; aborted when dropped, that is with the last handler clone.
 #[derive(Debug)]
 struct GcTask(Option<tokio::task::AbortHandle>);
 
@@ -79,11 +85,8 @@ impl Sessioner {
         );
         let provider = provider::build(&config.provider, &ctx)?;
         Ok(Sessioner {
-            shared: Arc::new(Shared {
-                config,
-                provider,
-                gc: OnceLock::new(),
-            }),
+            shared: Arc::new(Shared { config, provider }),
+            gc: Arc::default(),
         })
     }
 
@@ -94,11 +97,11 @@ impl Sessioner {
 
     /// Starts the GC loop on the first request, when a tokio runtime surely exists.
     fn start_gc(&self) {
-        self.shared.gc.get_or_init(|| {
+        self.gc.get_or_init(|| {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return GcTask(None);
             };
-            let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+            let weak: Weak<dyn Provider> = Arc::downgrade(&self.shared.provider);
             let every = self.shared.config.gc_interval;
             let task = runtime.spawn(async move {
                 let mut ticks =
@@ -106,9 +109,9 @@ impl Sessioner {
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticks.tick().await;
-                    let Some(shared) = weak.upgrade() else { break };
-                    let provider = Arc::clone(&shared.provider);
-                    drop(shared);
+                    let Some(provider) = weak.upgrade() else {
+                        break;
+                    };
                     match provider.gc().await {
                         Ok(n) => tracing::debug!(removed = n, "session gc"),
                         Err(e) => tracing::warn!(error = %e, "session gc failed"),
@@ -163,23 +166,25 @@ impl Handler for Sessioner {
         let cookie = req
             .cookie(&self.shared.config.cookie_name)
             .map(|c| c.value());
-        depot.insert_typed(FlashMessages::new(Store::new(
+        depot.insert_typed(Slot(FlashMessages::new(Store::new(
             Arc::clone(&self.shared),
             cookie,
-        )));
+        ))));
 
         ctrl.call_next(req, depot, res).await;
 
-        let Ok(flash) = depot.get_typed_mut::<FlashMessages>() else {
+        let Ok(Slot(flash)) = depot.get_typed_mut::<Slot>() else {
+            // Only code that reached past the depot's typed API can have removed it.
+            tracing::error!("the session's depot entry vanished before release; nothing saved");
+            fail(res, salvo::http::StatusCode::INTERNAL_SERVER_ERROR);
             return;
         };
-        let next = flash.take_next();
-        let store = flash.store();
+        let next = flash.release();
         // Fast path: a request that never touched its session has nothing to write.
-        if next.is_empty() && store.is_untouched() {
+        if next.is_empty() && flash.store_mut().release_untouched() {
             return;
         }
-        Box::pin(self.finish(store, next, req, res)).await;
+        Box::pin(self.finish(flash.store(), next, req, res)).await;
     }
 }
 
@@ -191,7 +196,7 @@ impl Sessioner {
             && let Err(e) = flash::store_next(store, next).await
         {
             tracing::error!(error = %e, "storing the flash failed");
-            fail(res, e.status_code());
+            Self::failed(res, e.status_code());
             return;
         }
         let save = !(self.shared.config.ignore_release_for_websocket
@@ -200,8 +205,8 @@ impl Sessioner {
                 .get(UPGRADE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")));
         let cookie = match store.release(save).await {
-            Ok(CookieAction::LoadFailed(status)) => {
-                fail(res, status);
+            Ok(CookieAction::Failed(status)) => {
+                Self::failed(res, status);
                 return;
             }
             Ok(CookieAction::Keep) => return,
@@ -213,12 +218,20 @@ impl Sessioner {
             }
             Err(e) => {
                 tracing::error!(error = %e, "saving the session failed");
-                fail(res, e.status_code());
+                Self::failed(res, e.status_code());
                 return;
             }
         };
         res.add_cookie(cookie);
         res.headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+
+    /// Answers a session failure with `status`, whatever the handler answered, unless it
+    /// already answered with a server error of its own (it saw the error and handled it).
+    fn failed(res: &mut Response, status: salvo::http::StatusCode) {
+        if !res.status_code.is_some_and(|s| s.is_server_error()) {
+            fail(res, status);
+        }
     }
 }

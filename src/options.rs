@@ -208,13 +208,6 @@ impl Source<'_> {
 }
 
 impl Options {
-    /// Builds the middleware, or says exactly what is wrong with the options.
-    ///
-    /// The same as [`try_sessioner`](crate::try_sessioner).
-    pub fn build(self) -> Result<crate::Sessioner> {
-        crate::handler::Sessioner::new(self.resolve()?)
-    }
-
     /// Decides every value (code, then `<SECTION>_<KEY>` variables, then the ini file, then
     /// defaults) and validates the result.
     pub(crate) fn resolve(&self) -> Result<Config> {

@@ -62,6 +62,7 @@ impl Record {
     }
 
     /// Encodes the record: a versioned 18-byte header (magic, deadlines) then the values as JSON.
+    #[doc(hidden)]
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + 64);
         out.extend_from_slice(MAGIC);
@@ -73,6 +74,7 @@ impl Record {
     }
 
     /// Decodes what [`encode`](Record::encode) wrote; anything else is [`Error::Corrupt`].
+    #[doc(hidden)]
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let expires_at = peek_expiry(bytes)?;
         let absolute = read_u64(&bytes[10..18]);

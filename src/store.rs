@@ -8,17 +8,26 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
+use salvo::http::StatusCode;
+
 use crate::clock::duration_ms;
 use crate::error::{Error, Result};
-use crate::handler::Shared;
 use crate::id::{MAX_ID_LENGTH, SessionId};
-use crate::provider::Regenerated;
+use crate::options::Config;
+use crate::provider::{Provider, Regenerated};
 use crate::record::{ChangeSet, Record};
 
 /// Keys starting with this are sessioner's own (the flash lives under one).
 pub(crate) const RESERVED_PREFIX: &str = "__sessioner";
 /// How often a colliding new id is replaced before giving up (128-bit ids never collide).
 const ID_ATTEMPTS: usize = 3;
+
+/// What every request's [`Store`] shares: the settings and the provider.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) provider: Arc<dyn Provider>,
+}
 
 /// The current visitor's session, as macaron's `session.Store`.
 ///
@@ -30,6 +39,19 @@ const ID_ATTEMPTS: usize = 3;
 /// At the end of the request the middleware writes only what changed (per-key merge with
 /// concurrent requests on the same session; the same key is last-writer-wins), before the
 /// response is sent, so a failed save is a `500`, never a silent `200`.
+///
+/// Failures the handler cannot hide:
+///
+/// - When loading, regenerating or destroying this session fails, the response becomes that
+///   error's status (`503` for an unreachable backend, else `500`) with an empty body, even
+///   if the handler ignored the error and answered `200` (unless it already answered with a
+///   `5xx` of its own).
+/// - Once the middleware has released the session (the handler chain returned), every
+///   method touching this session returns [`Error::Released`]: a clone moved into a task
+///   that outlives the request cannot change it, and says so instead of writing nowhere.
+///   Finish session work before the handler returns (await the task), or write through
+///   [`Sessioner::provider`](crate::Sessioner::provider). [`read`](Store::read),
+///   [`count`](Store::count) and [`gc`](Store::gc) keep working.
 ///
 /// ```no_run
 /// use salvo::prelude::*;
@@ -49,6 +71,8 @@ pub struct Store {
     cookie: RawCookie,
     /// Built on first use: a request that never asks for its session allocates nothing here.
     state: OnceLock<Arc<Mutex<State>>>,
+    /// Released before the state was built (the request never used its session).
+    released: bool,
 }
 
 impl Clone for Store {
@@ -58,6 +82,7 @@ impl Clone for Store {
             shared: Arc::clone(&self.shared),
             cookie: self.cookie,
             state: OnceLock::from(Arc::clone(self.state())),
+            released: self.released,
         }
     }
 }
@@ -146,11 +171,19 @@ struct State {
     new_cookie: bool,
     /// The client's cookie must be cleared (destroyed).
     clear_cookie: bool,
-    /// A load failed: the response becomes this error's status.
-    failed: Option<salvo::http::StatusCode>,
+    /// A backend call for this session failed: the response becomes this error's status.
+    failed: Option<StatusCode>,
+    /// The middleware released the session: nothing can reach the backend or the cookie now.
+    released: bool,
 }
 
 impl State {
+    /// Remembers that this request's session failed, so the response cannot hide it.
+    fn fail(&mut self, e: Error) -> Error {
+        self.failed.get_or_insert(e.status_code());
+        e
+    }
+
     /// The current text of `key`: this request's change, else the loaded value.
     fn value(&self, key: &str) -> Option<&String> {
         match self.changes.set.iter().find(|(k, _)| k == key) {
@@ -163,8 +196,8 @@ impl State {
 /// What the middleware does with the cookie after a release.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum CookieAction {
-    /// The backend failed while loading: answer with this status and keep the cookie.
-    LoadFailed(salvo::http::StatusCode),
+    /// A backend call for this session failed: answer with this status and keep the cookie.
+    Failed(StatusCode),
     Keep,
     Set(SessionId),
     Clear,
@@ -218,6 +251,7 @@ impl Store {
             shared,
             cookie,
             state: OnceLock::new(),
+            released: false,
         }
     }
 
@@ -236,6 +270,7 @@ impl Store {
                 new_cookie: false,
                 clear_cookie: false,
                 failed: None,
+                released: self.released,
             }))
         })
     }
@@ -258,7 +293,9 @@ impl Store {
     pub(crate) async fn set_raw(&self, key: &str, raw: String) -> Result<()> {
         let mut state = self.loaded().await?;
         if matches!(state.phase, Phase::Anonymous) {
-            state.phase = Phase::New(SessionId::generate(self.shared.config.id_length)?);
+            let id =
+                SessionId::generate(self.shared.config.id_length).map_err(|e| state.fail(e))?;
+            state.phase = Phase::New(id);
         }
         state.changes.deleted.retain(|k| k != key);
         // One copy of the value: the change set overlays the loaded values.
@@ -319,54 +356,64 @@ impl Store {
     /// a session gets a new, empty one.
     pub async fn regenerate_id(&self) -> Result<SessionId> {
         let mut state = self.loaded().await?;
-        let length = self.shared.config.id_length;
-        let mut new = SessionId::generate(length)?;
-        if let Phase::Stored(old) = &state.phase {
-            let mut attempts = 0;
-            loop {
-                match self.shared.provider.regenerate(old, &new).await? {
-                    Regenerated::Moved => {
-                        state.phase = Phase::Stored(new.clone());
-                        break;
-                    }
-                    Regenerated::Collision if attempts + 1 < ID_ATTEMPTS => {
-                        attempts += 1;
-                        new = SessionId::generate(length)?;
-                    }
-                    Regenerated::Collision => {
-                        return Err(Error::backend("regenerate", "no free session id"));
-                    }
-                    Regenerated::Missing => {
-                        // Destroyed meanwhile: start over with only this request's changes.
-                        tracing::debug!("session vanished before regenerate; starting a new one");
-                        state.values.clear();
-                        state.changes.flushed = false;
-                        state.changes.deleted.clear();
-                        state.phase = Phase::New(new.clone());
-                        break;
-                    }
-                }
-            }
-        } else {
-            state.phase = Phase::New(new.clone());
-        }
+        let moved = self.move_to_new_id(&mut state).await;
+        let new = moved.map_err(|e| state.fail(e))?;
         state.new_cookie = true;
         state.clear_cookie = false;
         Ok(new)
     }
 
+    /// Moves a stored session to a fresh id (retrying collisions), or gives an unstored one a
+    /// fresh id; returns the id.
+    async fn move_to_new_id(&self, state: &mut State) -> Result<SessionId> {
+        let length = self.shared.config.id_length;
+        let Phase::Stored(old) = &state.phase else {
+            let new = SessionId::generate(length)?;
+            state.phase = Phase::New(new.clone());
+            return Ok(new);
+        };
+        let old = old.clone();
+        for _ in 0..ID_ATTEMPTS {
+            let new = SessionId::generate(length)?;
+            match self.shared.provider.regenerate(&old, &new).await? {
+                Regenerated::Moved => {
+                    state.phase = Phase::Stored(new.clone());
+                    return Ok(new);
+                }
+                Regenerated::Collision => continue,
+                Regenerated::Missing => {
+                    // Destroyed meanwhile: start over with only this request's changes.
+                    tracing::debug!("session vanished before regenerate; starting a new one");
+                    state.values.clear();
+                    state.changes.flushed = false;
+                    state.changes.deleted.clear();
+                    state.phase = Phase::New(new.clone());
+                    return Ok(new);
+                }
+            }
+        }
+        Err(Error::IdCollision {
+            attempts: ID_ATTEMPTS,
+        })
+    }
+
     /// Deletes the session on the server and clears the cookie. A later `set` in the same
     /// request starts a new session under a new id.
     pub async fn destroy(&self) -> Result<()> {
-        let mut state = self.state().lock().await;
-        let target = match std::mem::replace(&mut state.phase, Phase::Anonymous) {
+        let mut state = self.usable().await?;
+        let target = match &state.phase {
             Phase::Stored(id) => Some(id),
-            Phase::Unloaded => state.incoming.take(),
+            Phase::Unloaded => state.incoming.as_ref(),
             _ => None,
         };
-        if let Some(id) = &target {
-            self.shared.provider.destroy(id).await?;
+        if let Some(id) = target
+            && let Err(e) = self.shared.provider.destroy(id).await
+        {
+            // Nothing changed: the session (and the visitor's cookie) stay as they were.
+            return Err(state.fail(e));
         }
+        state.phase = Phase::Anonymous;
+        state.incoming = None;
         state.values.clear();
         state.changes = ChangeSet::default();
         state.absolute_deadline = None;
@@ -419,9 +466,21 @@ impl Store {
         }
     }
 
+    /// Locks the state, unless the middleware has released it.
+    async fn usable(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
+        if self.released {
+            return Err(Error::Released);
+        }
+        let state = self.state().lock().await;
+        if state.released {
+            return Err(Error::Released);
+        }
+        Ok(state)
+    }
+
     /// Locks the state, loading the session from the backend on first use.
     async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
-        let mut state = self.state().lock().await;
+        let mut state = self.usable().await?;
         if matches!(state.phase, Phase::Unloaded) {
             state.phase = Phase::Anonymous;
             if let Some(id) = state.incoming.take() {
@@ -446,10 +505,10 @@ impl Store {
                         }
                     }
                     Err(e) => {
+                        // Asked again, the store tries again; the response fails either way.
                         state.incoming = Some(id);
                         state.phase = Phase::Unloaded;
-                        state.failed = Some(e.status_code());
-                        return Err(e);
+                        return Err(state.fail(e));
                     }
                 }
             }
@@ -457,22 +516,31 @@ impl Store {
         Ok(state)
     }
 
-    /// True when nothing asked for the session in this request (so there is nothing to save).
-    /// A store still in use elsewhere (a spawned task holding its lock) counts as touched.
-    pub(crate) fn is_untouched(&self) -> bool {
-        self.state.get().is_none_or(|state| {
-            state
-                .try_lock()
-                .is_ok_and(|s| matches!(s.phase, Phase::Unloaded) && !s.clear_cookie)
-        })
+    /// Releases a session nothing asked for in this request, and says so; `false` (nothing
+    /// released) when it was used, failed, or is in use elsewhere (a spawned task holding its
+    /// lock): then [`release`](Store::release) is due.
+    pub(crate) fn release_untouched(&mut self) -> bool {
+        let Some(state) = self.state.get() else {
+            self.released = true;
+            return true;
+        };
+        let Ok(mut state) = state.try_lock() else {
+            return false;
+        };
+        let untouched =
+            matches!(state.phase, Phase::Unloaded) && !state.clear_cookie && state.failed.is_none();
+        state.released |= untouched;
+        untouched
     }
 
     /// Writes what this request changed (unless `save` is false); says what to do with the
-    /// cookie. A failed load wins over everything: the response becomes its status.
+    /// cookie. A failed backend call wins over everything: the response becomes its status.
+    /// Afterwards the store refuses further use ([`Error::Released`]).
     pub(crate) async fn release(&self, save: bool) -> Result<CookieAction> {
         let mut state = self.state().lock().await;
+        state.released = true;
         if let Some(status) = state.failed {
-            return Ok(CookieAction::LoadFailed(status));
+            return Ok(CookieAction::Failed(status));
         }
         if !save {
             return Ok(CookieAction::Keep);
@@ -527,7 +595,9 @@ impl Store {
                         id = SessionId::generate(config.id_length)?;
                     }
                 }
-                Err(Error::backend("create", "no free session id"))
+                Err(Error::IdCollision {
+                    attempts: ID_ATTEMPTS,
+                })
             }
             Phase::Anonymous | Phase::Unloaded => Ok(if state.clear_cookie {
                 CookieAction::Clear
