@@ -89,7 +89,7 @@ impl Record {
 }
 
 /// Reads only the idle deadline of an encoded record, for GC scans.
-pub fn peek_expiry(bytes: &[u8]) -> Result<u64> {
+pub(crate) fn peek_expiry(bytes: &[u8]) -> Result<u64> {
     if bytes.len() < HEADER || &bytes[..2] != MAGIC {
         return Err(Error::Corrupt("bad record header".into()));
     }
