@@ -61,6 +61,7 @@
 //!
 //! Register your own with [`register`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(unreachable_pub)]
 
 mod clock;
 mod depot;
