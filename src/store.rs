@@ -1,4 +1,15 @@
 //! [`Store`]: one visitor's session for one request, loaded lazily, saved as a change set.
+//!
+//! Invariants:
+//! - the cookie's id reaches the provider only as a [`SessionId`] that parsed strictly;
+//! - the provider is asked for the session at most once per request, on first use, and a
+//!   request that never uses its session costs no allocation and no backend call;
+//! - a backend failure for this session (load, regenerate, destroy) is remembered in the
+//!   state, and [`Store::release`] turns it into the response's status whatever the
+//!   handler did with the error;
+//! - after release every operation on this session is [`Error::Released`];
+//! - a new session exists only once a value was written: it is created at release, with a
+//!   fresh id on collision.
 
 use std::collections::HashMap;
 use std::fmt;
