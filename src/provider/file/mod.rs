@@ -1,12 +1,20 @@
 //! `file`: one file per session under a root directory.
 //!
-//! ProviderConfig: the root directory (default [`DEFAULT_DIR`], `data/sessions` as macaron), created with mode
-//! `0700` if missing. A record lives at `<root>/<h[0..2]>/<h>` where `h` is the SHA-256 of the
-//! session id ([`SessionId::storage_key`]), so no path is ever built from client input.
+//! ProviderConfig: the root directory (default [`DEFAULT_DIR`], `data/sessions` as macaron),
+//! created if missing. A record lives at `<root>/<h[0..2]>/<h>` where `h` is the SHA-256 of
+//! the session id ([`SessionId::storage_key`]), so no path is ever built from client input.
+//!
+//! Permissions and platforms:
+//!
+//! - Unix: directories are created with mode `0700`, record files with `0600`.
+//! - Windows: directories and files take the default ACL inherited from their parent; place
+//!   the root where only the server's account can read. Directories are not flushed after a
+//!   rename or a delete (std cannot open a directory as a file there), so a machine crash can
+//!   undo the last create, regenerate or destroy; a record's contents are still flushed.
 //!
 //! Durability, chosen with `sync=` after the directory (`data/sessions,sync=lifecycle`):
 //!
-//! - `sync=always` (the default): every write goes to a `0600` temporary file in the same
+//! - `sync=always` (the default): every write goes to a new temporary file in the same
 //!   directory, is `fsync`ed, then renamed over the record, and the directory is `fsync`ed
 //!   after the rename (and after a delete), so a crash leaves either the old or the new
 //!   record, never a torn one, and a save or a destroy that was answered stays done. The cost
@@ -34,13 +42,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
+mod os;
+
+use self::os::{create_new, make_dir, sync_dir, write_at_start};
 use super::blocking;
 use super::{Provider, ProviderContext, Regenerated};
 use crate::clock::Clock;
@@ -166,13 +176,6 @@ fn read_all(f: &mut File) -> io::Result<Vec<u8>> {
     }
 }
 
-fn make_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
 enum Read2 {
     Missing,
     /// A live record, and the length of its file.
@@ -237,13 +240,7 @@ impl Inner {
             std::process::id(),
             TEMP_SEQUENCE.fetch_add(1, Ordering::Relaxed)
         ));
-        let create = || {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-        };
+        let create = || create_new(&tmp);
         let mut f = match create() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 make_dir(&dir)?;
@@ -259,7 +256,7 @@ impl Inner {
             fs::rename(&tmp, &path)?;
             if flush {
                 // The rename itself is durable only once the directory is synced.
-                File::open(&dir)?.sync_all()?;
+                sync_dir(&dir)?;
             }
             Ok(())
         })();
@@ -306,7 +303,7 @@ impl Inner {
         if bytes.len() < old_len {
             bytes.resize(old_len, b' ');
         }
-        f.write_all_at(&bytes, 0)?;
+        write_at_start(&f, &bytes)?;
         Ok(true)
     }
 
@@ -314,7 +311,7 @@ impl Inner {
     /// across a crash (GC needs no such care: an expired record stays expired).
     fn remove(&self, key: &str, durable: bool) -> io::Result<()> {
         match fs::remove_file(self.path(key)) {
-            Ok(()) if durable => File::open(self.root.join(&key[..2]))?.sync_all(),
+            Ok(()) if durable => sync_dir(&self.root.join(&key[..2])),
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
