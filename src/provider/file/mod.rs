@@ -318,7 +318,8 @@ impl Inner {
         }
     }
 
-    /// Visits every record file with its idle deadline (`None` if undecodable).
+    /// Visits every record file with its idle deadline (`None` if its header does not
+    /// decode). A file whose header cannot be read (a transient error) is logged and skipped.
     fn scan(&self, mut visit: impl FnMut(&str, Option<u64>) -> io::Result<()>) -> io::Result<()> {
         let mut header = [0u8; 18];
         for dir in fs::read_dir(&self.root)? {
@@ -334,17 +335,58 @@ impl Inner {
                 if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
                     continue;
                 }
-                let path = file.path();
-                let expiry = match File::open(&path).and_then(|mut f| f.read_exact(&mut header)) {
-                    Ok(()) => peek_expiry(&header).ok(),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(_) => None,
-                };
+                let expiry =
+                    match File::open(file.path()).and_then(|mut f| f.read_exact(&mut header)) {
+                        Ok(()) => peek_expiry(&header).ok(),
+                        // Shorter than a header: damaged (records are never truncated).
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            skipped(&name, &e);
+                            continue;
+                        }
+                    };
                 visit(&name, expiry)?;
             }
         }
         Ok(())
     }
+
+    /// Whether a live record is stored under `key`; an expired or damaged one leaves the key
+    /// free, a read error is returned (a record that cannot be read is never overwritten).
+    fn occupied(&self, key: &str) -> io::Result<bool> {
+        match self.read(key) {
+            Ok(read) => Ok(matches!(read, Read2::Live(..))),
+            Err(e) if damaged(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the record under `key` if, checked under its stripe lock, it is expired or
+    /// damaged; a read error leaves it in place and is returned.
+    fn collect(&self, key: &str) -> io::Result<bool> {
+        let _guard = self.lock(self.stripe(key));
+        // A concurrent save may have refreshed it since the scan.
+        match self.read(key) {
+            Ok(Read2::Dead) => {}
+            Err(e) if damaged(&e) => {}
+            Ok(_) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.remove(key, false)?;
+        Ok(true)
+    }
+}
+
+/// Whether `e` says a record does not decode (see [`Inner::judge`]), which makes it garbage;
+/// any other error may be transient (`EMFILE`, `EACCES`, `EIO`) and deletes nothing.
+fn damaged(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData
+}
+
+/// Logs a record file that count or GC left alone after an I/O error (by its hashed key).
+fn skipped(key: &str, e: &io::Error) {
+    tracing::warn!(key, error = %e, "file provider skipped a session file after an I/O error");
 }
 
 /// A file operation's failure: a record that does not decode (`InvalidData`, from
@@ -374,11 +416,10 @@ impl Provider for FileProvider {
         let (key, record) = (id.storage_key(), record.clone());
         self.run(move |i| {
             let _guard = i.lock(i.stripe(&key));
-            match i.read(&key) {
-                Ok(Read2::Live(..)) => Ok(false),
-                // Missing, expired or damaged: the id is free.
-                _ => i.write(&key, &record, true).map(|()| true),
+            if i.occupied(&key)? {
+                return Ok(false);
             }
+            i.write(&key, &record, true).map(|()| true)
         })
         .await
     }
@@ -413,7 +454,7 @@ impl Provider for FileProvider {
             let (a, b) = (i.stripe(&old), i.stripe(&new));
             let _first = i.lock(a.min(b));
             let _second = (a != b).then(|| i.lock(a.max(b)));
-            if let Ok(Read2::Live(..)) = i.read(&new) {
+            if i.occupied(&new)? {
                 return Ok(Regenerated::Collision);
             }
             let outcome = match i.read(&old)? {
@@ -448,11 +489,9 @@ impl Provider for FileProvider {
             let mut removed = 0;
             i.scan(|key, expiry| {
                 if expiry.is_none_or(|e| e <= now) {
-                    let _guard = i.lock(i.stripe(key));
-                    // Re-check under the lock: a concurrent save may have refreshed it.
-                    if matches!(i.read(key), Ok(Read2::Dead) | Err(_)) {
-                        i.remove(key, false)?;
-                        removed += 1;
+                    match i.collect(key) {
+                        Ok(done) => removed += usize::from(done),
+                        Err(e) => skipped(key, &e),
                     }
                 }
                 Ok(())
