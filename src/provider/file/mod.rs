@@ -34,7 +34,12 @@
 //!   disk so slow that the kernel throttles writers stalls those requests' worker thread.
 //!
 //! Everything else (every call with `sync=always`; create, regenerate, destroy, count and
-//! GC in both modes) runs on tokio's blocking pool, bounded by a timeout.
+//! GC in both modes) runs on tokio's blocking pool, bounded by a timeout. Count and GC run
+//! as many short calls, each over a bounded batch of files, so a store of any size is
+//! collected without a timeout.
+//!
+//! Nothing is deleted or overwritten because of an I/O error: GC removes only records that
+//! are expired or do not decode, and a file that cannot be read is logged and kept.
 //!
 //! Concurrent requests of this process on one session are serialised by a striped lock and
 //! merged per key; several processes sharing one root directory are not coordinated (last
@@ -49,14 +54,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 mod os;
+mod scan;
+#[cfg(test)]
+mod tests;
 
 use self::os::{create_new, make_dir, sync_dir, write_at_start};
-use super::blocking;
+use self::scan::Cursor;
+use super::blocking::{self, Cancel};
 use super::{Provider, ProviderContext, Regenerated};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::id::SessionId;
-use crate::record::{ChangeSet, Record, peek_expiry};
+use crate::record::{ChangeSet, Record};
 
 const NAME: &str = "file";
 /// The root directory when `provider_config` is empty, as macaron.
@@ -77,6 +86,9 @@ struct Inner {
     stripes: Box<[Mutex<()>]>,
     clock: Clock,
     sync: SyncMode,
+    /// How many directory entries each scan batch examined.
+    #[cfg(test)]
+    batches: Mutex<Vec<usize>>,
 }
 
 /// When writes are flushed to the disk (`sync=` in the provider config).
@@ -114,6 +126,8 @@ impl FileProvider {
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
                 clock,
                 sync,
+                #[cfg(test)]
+                batches: Mutex::default(),
             }),
         })
     }
@@ -137,6 +151,30 @@ impl FileProvider {
     {
         let inner = Arc::clone(&self.inner);
         blocking::run(NAME, move || work(&inner).map_err(io_error)).await
+    }
+
+    /// Runs a scan to its end, one blocking call per batch, summing what the batches return.
+    async fn scan(
+        &self,
+        batch: fn(&Inner, &mut Cursor, &Cancel) -> io::Result<usize>,
+    ) -> Result<usize> {
+        let mut cursor = Cursor::default();
+        let mut total = 0;
+        loop {
+            let inner = Arc::clone(&self.inner);
+            let (next, n) = blocking::run_cancellable(NAME, blocking::TIMEOUT, move |cancel| {
+                let n = batch(&inner, &mut cursor, cancel).map_err(io_error)?;
+                Ok((cursor, n))
+            })
+            .await?;
+            total += n;
+            if next.done() {
+                return Ok(total);
+            }
+            cursor = next;
+            // Let requests run between batches.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -318,40 +356,6 @@ impl Inner {
         }
     }
 
-    /// Visits every record file with its idle deadline (`None` if its header does not
-    /// decode). A file whose header cannot be read (a transient error) is logged and skipped.
-    fn scan(&self, mut visit: impl FnMut(&str, Option<u64>) -> io::Result<()>) -> io::Result<()> {
-        let mut header = [0u8; 18];
-        for dir in fs::read_dir(&self.root)? {
-            let dir = dir?;
-            if !dir.file_type()?.is_dir() {
-                continue;
-            }
-            for file in fs::read_dir(dir.path())? {
-                let file = file?;
-                let name = file.file_name();
-                let name = name.to_string_lossy();
-                // Only record files: temporaries and strangers are left alone.
-                if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    continue;
-                }
-                let expiry =
-                    match File::open(file.path()).and_then(|mut f| f.read_exact(&mut header)) {
-                        Ok(()) => peek_expiry(&header).ok(),
-                        // Shorter than a header: damaged (records are never truncated).
-                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => {
-                            skipped(&name, &e);
-                            continue;
-                        }
-                    };
-                visit(&name, expiry)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Whether a live record is stored under `key`; an expired or damaged one leaves the key
     /// free, a read error is returned (a record that cannot be read is never overwritten).
     fn occupied(&self, key: &str) -> io::Result<bool> {
@@ -361,32 +365,12 @@ impl Inner {
             Err(e) => Err(e),
         }
     }
-
-    /// Removes the record under `key` if, checked under its stripe lock, it is expired or
-    /// damaged; a read error leaves it in place and is returned.
-    fn collect(&self, key: &str) -> io::Result<bool> {
-        let _guard = self.lock(self.stripe(key));
-        // A concurrent save may have refreshed it since the scan.
-        match self.read(key) {
-            Ok(Read2::Dead) => {}
-            Err(e) if damaged(&e) => {}
-            Ok(_) => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        self.remove(key, false)?;
-        Ok(true)
-    }
 }
 
 /// Whether `e` says a record does not decode (see [`Inner::judge`]), which makes it garbage;
 /// any other error may be transient (`EMFILE`, `EACCES`, `EIO`) and deletes nothing.
 fn damaged(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::InvalidData
-}
-
-/// Logs a record file that count or GC left alone after an I/O error (by its hashed key).
-fn skipped(key: &str, e: &io::Error) {
-    tracing::warn!(key, error = %e, "file provider skipped a session file after an I/O error");
 }
 
 /// A file operation's failure: a record that does not decode (`InvalidData`, from
@@ -471,90 +455,10 @@ impl Provider for FileProvider {
     }
 
     async fn count(&self) -> Result<usize> {
-        self.run(|i| {
-            let now = i.clock.now_ms();
-            let mut n = 0;
-            i.scan(|_, expiry| {
-                n += usize::from(expiry.is_some_and(|e| e > now));
-                Ok(())
-            })?;
-            Ok(n)
-        })
-        .await
+        self.scan(Inner::count_batch).await
     }
 
     async fn gc(&self) -> Result<usize> {
-        self.run(|i| {
-            let now = i.clock.now_ms();
-            let mut removed = 0;
-            i.scan(|key, expiry| {
-                if expiry.is_none_or(|e| e <= now) {
-                    match i.collect(key) {
-                        Ok(done) => removed += usize::from(done),
-                        Err(e) => skipped(key, &e),
-                    }
-                }
-                Ok(())
-            })?;
-            Ok(removed)
-        })
-        .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lifecycle_save_pads_a_shorter_record_in_place_and_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = FileProvider::with_sync(dir.path(), Clock::system(), SyncMode::Lifecycle).unwrap();
-        let i = &p.inner;
-        let key = "ab".repeat(32);
-        let record = |value: &str| Record {
-            values: [("k".to_owned(), value.to_owned())].into(),
-            expires_at: u64::MAX / 2,
-            absolute_deadline: None,
-        };
-        i.write(&key, &record(&"x".repeat(100)), false).unwrap();
-        let len = fs::metadata(i.path(&key)).unwrap().len();
-        let changes = ChangeSet {
-            set: vec![("k".to_owned(), "y".to_owned())],
-            expires_at: u64::MAX / 2,
-            ..Default::default()
-        };
-        assert!(i.save(&key, &changes).unwrap());
-        assert_eq!(fs::metadata(i.path(&key)).unwrap().len(), len);
-        assert_eq!(i.load(&key).unwrap(), Some(record("y")));
-        assert!(
-            !i.save(&"cd".repeat(32), &changes).unwrap(),
-            "a save created a record"
-        );
-    }
-
-    #[test]
-    fn config_forms() {
-        let parse = |c| parse_config(c).map_err(|e| e.to_string());
-        assert_eq!(parse(""), Ok((DEFAULT_DIR, SyncMode::Always)));
-        assert_eq!(parse(" data/s "), Ok(("data/s", SyncMode::Always)));
-        assert_eq!(parse("data_dir=x"), Ok(("x", SyncMode::Always)));
-        assert_eq!(
-            parse("data/s, sync=lifecycle"),
-            Ok(("data/s", SyncMode::Lifecycle))
-        );
-        assert_eq!(
-            parse("data_dir=a,b,sync=always"),
-            Ok(("a,b", SyncMode::Always))
-        );
-        assert_eq!(
-            parse(",sync=lifecycle"),
-            Ok((DEFAULT_DIR, SyncMode::Lifecycle))
-        );
-        assert!(
-            parse("data/s,sync=sometimes")
-                .unwrap_err()
-                .contains("sometimes")
-        );
+        self.scan(Inner::gc_batch).await
     }
 }
