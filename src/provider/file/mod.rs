@@ -30,8 +30,12 @@
 //!   (the visitor starts afresh), never wrong data. Many times faster than `always`: no
 //!   file is created, renamed or deleted per save, and a request's load and save, being
 //!   page-cache reads and writes, run at once on the async worker instead of travelling to
-//!   tokio's blocking pool and back (the hand-off cost more than the work). The price: a
-//!   disk so slow that the kernel throttles writers stalls those requests' worker thread.
+//!   tokio's blocking pool and back (the hand-off cost more than the work). They never wait
+//!   for a lock there: if the session's stripe lock is taken (a create, regenerate or
+//!   destroy holds it across its `fsync`s), they go to the blocking pool. The price: a
+//!   record missing from the page cache (after a restart, or evicted) is read from the disk
+//!   on the worker thread, and a disk so slow that the kernel throttles writers stalls those
+//!   requests' worker thread.
 //!
 //! Everything else (every call with `sync=always`; create, regenerate, destroy, count and
 //! GC in both modes) runs on tokio's blocking pool, bounded by a timeout. Count and GC run
@@ -49,7 +53,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use async_trait::async_trait;
 
@@ -236,6 +240,16 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The stripe lock of `key` if it is free at once; `None` if another thread holds it
+    /// (possibly across an `fsync`), so an async worker never waits for it.
+    fn try_lock(&self, key: &str) -> Option<MutexGuard<'_, ()>> {
+        match self.stripes[self.stripe(key)].try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Reads a record; a damaged one is returned as an `InvalidData` error.
     fn read(&self, key: &str) -> io::Result<Read2> {
         match self.open(key, false)? {
@@ -304,9 +318,8 @@ impl Inner {
         result
     }
 
-    /// The live record under `key`, read under its stripe lock.
-    fn load(&self, key: &str) -> io::Result<Option<Record>> {
-        let _guard = self.lock(self.stripe(key));
+    /// The live record under `key`; the caller holds the key's stripe lock.
+    fn load(&self, key: &str, _held: &MutexGuard<'_, ()>) -> io::Result<Option<Record>> {
         Ok(match self.read(key)? {
             Read2::Live(r, _) => Some(r),
             _ => None,
@@ -319,9 +332,8 @@ impl Inner {
     /// overwrites the record file in place, through the handle it read it with, in one
     /// `write` padded with spaces (which the record's JSON ignores) to the old length, so a
     /// shorter record needs no truncation and a process crash cannot leave half of it.
-    /// Readers take the key's stripe lock, as writers do, so none sees a write in progress.
-    fn save(&self, key: &str, changes: &ChangeSet) -> io::Result<bool> {
-        let _guard = self.lock(self.stripe(key));
+    /// The caller holds the key's stripe lock, as readers do, so none sees a write in progress.
+    fn save(&self, key: &str, changes: &ChangeSet, _held: &MutexGuard<'_, ()>) -> io::Result<bool> {
         if self.sync == SyncMode::Always {
             let Read2::Live(mut record, _) = self.read(key)? else {
                 return Ok(false);
@@ -387,13 +399,20 @@ fn io_error(e: io::Error) -> Error {
 impl Provider for FileProvider {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
         let key = id.storage_key();
-        self.run(move |i| i.load(&key)).await
+        self.run(move |i| i.load(&key, &i.lock(i.stripe(&key))))
+            .await
     }
 
-    /// With `sync=lifecycle` a load is a page-cache read: done at once, on the caller's thread.
+    /// With `sync=lifecycle` a load is a page-cache read: done at once, on the caller's
+    /// thread, unless the session's stripe lock is taken (`None`: [`load`](Provider::load)
+    /// waits for it on the blocking pool).
     fn load_now(&self, id: &SessionId) -> Option<Result<Option<Record>>> {
-        (self.inner.sync == SyncMode::Lifecycle)
-            .then(|| self.inner.load(&id.storage_key()).map_err(io_error))
+        if self.inner.sync != SyncMode::Lifecycle {
+            return None;
+        }
+        let key = id.storage_key();
+        let held = self.inner.try_lock(&key)?;
+        Some(self.inner.load(&key, &held).map_err(io_error))
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
@@ -410,17 +429,19 @@ impl Provider for FileProvider {
 
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
         let (key, changes) = (id.storage_key(), changes.clone());
-        self.run(move |i| i.save(&key, &changes)).await
+        self.run(move |i| i.save(&key, &changes, &i.lock(i.stripe(&key))))
+            .await
     }
 
     /// With `sync=lifecycle` a save is a page-cache write: done at once, on the caller's
-    /// thread.
+    /// thread, unless the session's stripe lock is taken (as [`load_now`](Provider::load_now)).
     fn save_now(&self, id: &SessionId, changes: &ChangeSet) -> Option<Result<bool>> {
-        (self.inner.sync == SyncMode::Lifecycle).then(|| {
-            self.inner
-                .save(&id.storage_key(), changes)
-                .map_err(io_error)
-        })
+        if self.inner.sync != SyncMode::Lifecycle {
+            return None;
+        }
+        let key = id.storage_key();
+        let held = self.inner.try_lock(&key)?;
+        Some(self.inner.save(&key, changes, &held).map_err(io_error))
     }
 
     async fn destroy(&self, id: &SessionId) -> Result<()> {
