@@ -240,10 +240,10 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The stripe lock of `key` if it is free at once; `None` if another thread holds it
-    /// (possibly across an `fsync`), so an async worker never waits for it.
-    fn try_lock(&self, key: &str) -> Option<MutexGuard<'_, ()>> {
-        match self.stripes[self.stripe(key)].try_lock() {
+    /// A stripe lock if it is free at once; `None` if another thread holds it (possibly
+    /// across an `fsync`), so an async worker never waits for it.
+    fn try_lock(&self, stripe: usize) -> Option<MutexGuard<'_, ()>> {
+        match self.stripes[stripe].try_lock() {
             Ok(guard) => Some(guard),
             Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
             Err(TryLockError::WouldBlock) => None,
@@ -411,7 +411,7 @@ impl Provider for FileProvider {
             return None;
         }
         let key = id.storage_key();
-        let held = self.inner.try_lock(&key)?;
+        let held = self.inner.try_lock(self.inner.stripe(&key))?;
         Some(self.inner.load(&key, &held).map_err(io_error))
     }
 
@@ -440,7 +440,7 @@ impl Provider for FileProvider {
             return None;
         }
         let key = id.storage_key();
-        let held = self.inner.try_lock(&key)?;
+        let held = self.inner.try_lock(self.inner.stripe(&key))?;
         Some(self.inner.save(&key, changes, &held).map_err(io_error))
     }
 
