@@ -1,12 +1,20 @@
 //! `file`: one file per session under a root directory.
 //!
-//! ProviderConfig: the root directory (default [`DEFAULT_DIR`], `data/sessions` as macaron), created with mode
-//! `0700` if missing. A record lives at `<root>/<h[0..2]>/<h>` where `h` is the SHA-256 of the
-//! session id ([`SessionId::storage_key`]), so no path is ever built from client input.
+//! ProviderConfig: the root directory (default [`DEFAULT_DIR`], `data/sessions` as macaron),
+//! created if missing. A record lives at `<root>/<h[0..2]>/<h>` where `h` is the SHA-256 of
+//! the session id ([`SessionId::storage_key`]), so no path is ever built from client input.
+//!
+//! Permissions and platforms:
+//!
+//! - Unix: directories are created with mode `0700`, record files with `0600`.
+//! - Windows: directories and files take the default ACL inherited from their parent; place
+//!   the root where only the server's account can read. Directories are not flushed after a
+//!   rename or a delete (std cannot open a directory as a file there), so a machine crash can
+//!   undo the last create, regenerate or destroy; a record's contents are still flushed.
 //!
 //! Durability, chosen with `sync=` after the directory (`data/sessions,sync=lifecycle`):
 //!
-//! - `sync=always` (the default): every write goes to a `0600` temporary file in the same
+//! - `sync=always` (the default): every write goes to a new temporary file in the same
 //!   directory, is `fsync`ed, then renamed over the record, and the directory is `fsync`ed
 //!   after the rename (and after a delete), so a crash leaves either the old or the new
 //!   record, never a torn one, and a save or a destroy that was answered stays done. The cost
@@ -22,11 +30,20 @@
 //!   (the visitor starts afresh), never wrong data. Many times faster than `always`: no
 //!   file is created, renamed or deleted per save, and a request's load and save, being
 //!   page-cache reads and writes, run at once on the async worker instead of travelling to
-//!   tokio's blocking pool and back (the hand-off cost more than the work). The price: a
-//!   disk so slow that the kernel throttles writers stalls those requests' worker thread.
+//!   tokio's blocking pool and back (the hand-off cost more than the work). They never wait
+//!   for a lock there: if the session's stripe lock is taken (a create, regenerate or
+//!   destroy holds it across its `fsync`s), they go to the blocking pool. The price: a
+//!   record missing from the page cache (after a restart, or evicted) is read from the disk
+//!   on the worker thread, and a disk so slow that the kernel throttles writers stalls those
+//!   requests' worker thread.
 //!
 //! Everything else (every call with `sync=always`; create, regenerate, destroy, count and
-//! GC in both modes) runs on tokio's blocking pool, bounded by a timeout.
+//! GC in both modes) runs on tokio's blocking pool, bounded by a timeout. Count and GC run
+//! as many short calls, each over a bounded batch of files, so a store of any size is
+//! collected without a timeout.
+//!
+//! Nothing is deleted or overwritten because of an I/O error: GC removes only records that
+//! are expired or do not decode, and a file that cannot be read is logged and kept.
 //!
 //! Concurrent requests of this process on one session are serialised by a striped lock and
 //! merged per key; several processes sharing one root directory are not coordinated (last
@@ -34,19 +51,25 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use async_trait::async_trait;
 
-use super::blocking;
+mod os;
+mod scan;
+#[cfg(test)]
+mod tests;
+
+use self::os::{create_new, make_dir, sync_dir, write_at_start};
+use self::scan::Cursor;
+use super::blocking::{self, Cancel};
 use super::{Provider, ProviderContext, Regenerated};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::id::SessionId;
-use crate::record::{ChangeSet, Record, peek_expiry};
+use crate::record::{ChangeSet, Record};
 
 const NAME: &str = "file";
 /// The root directory when `provider_config` is empty, as macaron.
@@ -67,6 +90,9 @@ struct Inner {
     stripes: Box<[Mutex<()>]>,
     clock: Clock,
     sync: SyncMode,
+    /// How many directory entries each scan batch examined.
+    #[cfg(test)]
+    batches: Mutex<Vec<usize>>,
 }
 
 /// When writes are flushed to the disk (`sync=` in the provider config).
@@ -104,6 +130,8 @@ impl FileProvider {
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
                 clock,
                 sync,
+                #[cfg(test)]
+                batches: Mutex::default(),
             }),
         })
     }
@@ -127,6 +155,30 @@ impl FileProvider {
     {
         let inner = Arc::clone(&self.inner);
         blocking::run(NAME, move || work(&inner).map_err(io_error)).await
+    }
+
+    /// Runs a scan to its end, one blocking call per batch, summing what the batches return.
+    async fn scan(
+        &self,
+        batch: fn(&Inner, &mut Cursor, &Cancel) -> io::Result<usize>,
+    ) -> Result<usize> {
+        let mut cursor = Cursor::default();
+        let mut total = 0;
+        loop {
+            let inner = Arc::clone(&self.inner);
+            let (next, n) = blocking::run_cancellable(NAME, blocking::TIMEOUT, move |cancel| {
+                let n = batch(&inner, &mut cursor, cancel).map_err(io_error)?;
+                Ok((cursor, n))
+            })
+            .await?;
+            total += n;
+            if next.done() {
+                return Ok(total);
+            }
+            cursor = next;
+            // Let requests run between batches.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -166,13 +218,6 @@ fn read_all(f: &mut File) -> io::Result<Vec<u8>> {
     }
 }
 
-fn make_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
 enum Read2 {
     Missing,
     /// A live record, and the length of its file.
@@ -193,6 +238,16 @@ impl Inner {
         self.stripes[stripe]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A stripe lock if it is free at once; `None` if another thread holds it (possibly
+    /// across an `fsync`), so an async worker never waits for it.
+    fn try_lock(&self, stripe: usize) -> Option<MutexGuard<'_, ()>> {
+        match self.stripes[stripe].try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Reads a record; a damaged one is returned as an `InvalidData` error.
@@ -237,13 +292,7 @@ impl Inner {
             std::process::id(),
             TEMP_SEQUENCE.fetch_add(1, Ordering::Relaxed)
         ));
-        let create = || {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-        };
+        let create = || create_new(&tmp);
         let mut f = match create() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 make_dir(&dir)?;
@@ -259,7 +308,7 @@ impl Inner {
             fs::rename(&tmp, &path)?;
             if flush {
                 // The rename itself is durable only once the directory is synced.
-                File::open(&dir)?.sync_all()?;
+                sync_dir(&dir)?;
             }
             Ok(())
         })();
@@ -269,9 +318,8 @@ impl Inner {
         result
     }
 
-    /// The live record under `key`, read under its stripe lock.
-    fn load(&self, key: &str) -> io::Result<Option<Record>> {
-        let _guard = self.lock(self.stripe(key));
+    /// The live record under `key`; the caller holds the key's stripe lock.
+    fn load(&self, key: &str, _held: &MutexGuard<'_, ()>) -> io::Result<Option<Record>> {
         Ok(match self.read(key)? {
             Read2::Live(r, _) => Some(r),
             _ => None,
@@ -284,9 +332,8 @@ impl Inner {
     /// overwrites the record file in place, through the handle it read it with, in one
     /// `write` padded with spaces (which the record's JSON ignores) to the old length, so a
     /// shorter record needs no truncation and a process crash cannot leave half of it.
-    /// Readers take the key's stripe lock, as writers do, so none sees a write in progress.
-    fn save(&self, key: &str, changes: &ChangeSet) -> io::Result<bool> {
-        let _guard = self.lock(self.stripe(key));
+    /// The caller holds the key's stripe lock, as readers do, so none sees a write in progress.
+    fn save(&self, key: &str, changes: &ChangeSet, _held: &MutexGuard<'_, ()>) -> io::Result<bool> {
         if self.sync == SyncMode::Always {
             let Read2::Live(mut record, _) = self.read(key)? else {
                 return Ok(false);
@@ -306,7 +353,7 @@ impl Inner {
         if bytes.len() < old_len {
             bytes.resize(old_len, b' ');
         }
-        f.write_all_at(&bytes, 0)?;
+        write_at_start(&f, &bytes)?;
         Ok(true)
     }
 
@@ -314,40 +361,28 @@ impl Inner {
     /// across a crash (GC needs no such care: an expired record stays expired).
     fn remove(&self, key: &str, durable: bool) -> io::Result<()> {
         match fs::remove_file(self.path(key)) {
-            Ok(()) if durable => File::open(self.root.join(&key[..2]))?.sync_all(),
+            Ok(()) if durable => sync_dir(&self.root.join(&key[..2])),
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    /// Visits every record file with its idle deadline (`None` if undecodable).
-    fn scan(&self, mut visit: impl FnMut(&str, Option<u64>) -> io::Result<()>) -> io::Result<()> {
-        let mut header = [0u8; 18];
-        for dir in fs::read_dir(&self.root)? {
-            let dir = dir?;
-            if !dir.file_type()?.is_dir() {
-                continue;
-            }
-            for file in fs::read_dir(dir.path())? {
-                let file = file?;
-                let name = file.file_name();
-                let name = name.to_string_lossy();
-                // Only record files: temporaries and strangers are left alone.
-                if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    continue;
-                }
-                let path = file.path();
-                let expiry = match File::open(&path).and_then(|mut f| f.read_exact(&mut header)) {
-                    Ok(()) => peek_expiry(&header).ok(),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(_) => None,
-                };
-                visit(&name, expiry)?;
-            }
+    /// Whether a live record is stored under `key`; an expired or damaged one leaves the key
+    /// free, a read error is returned (a record that cannot be read is never overwritten).
+    fn occupied(&self, key: &str) -> io::Result<bool> {
+        match self.read(key) {
+            Ok(read) => Ok(matches!(read, Read2::Live(..))),
+            Err(e) if damaged(&e) => Ok(false),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
+}
+
+/// Whether `e` says a record does not decode (see [`Inner::judge`]), which makes it garbage;
+/// any other error may be transient (`EMFILE`, `EACCES`, `EIO`) and deletes nothing.
+fn damaged(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData
 }
 
 /// A file operation's failure: a record that does not decode (`InvalidData`, from
@@ -364,41 +399,49 @@ fn io_error(e: io::Error) -> Error {
 impl Provider for FileProvider {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
         let key = id.storage_key();
-        self.run(move |i| i.load(&key)).await
+        self.run(move |i| i.load(&key, &i.lock(i.stripe(&key))))
+            .await
     }
 
-    /// With `sync=lifecycle` a load is a page-cache read: done at once, on the caller's thread.
+    /// With `sync=lifecycle` a load is a page-cache read: done at once, on the caller's
+    /// thread, unless the session's stripe lock is taken (`None`: [`load`](Provider::load)
+    /// waits for it on the blocking pool).
     fn load_now(&self, id: &SessionId) -> Option<Result<Option<Record>>> {
-        (self.inner.sync == SyncMode::Lifecycle)
-            .then(|| self.inner.load(&id.storage_key()).map_err(io_error))
+        if self.inner.sync != SyncMode::Lifecycle {
+            return None;
+        }
+        let key = id.storage_key();
+        let held = self.inner.try_lock(self.inner.stripe(&key))?;
+        Some(self.inner.load(&key, &held).map_err(io_error))
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let (key, record) = (id.storage_key(), record.clone());
         self.run(move |i| {
             let _guard = i.lock(i.stripe(&key));
-            match i.read(&key) {
-                Ok(Read2::Live(..)) => Ok(false),
-                // Missing, expired or damaged: the id is free.
-                _ => i.write(&key, &record, true).map(|()| true),
+            if i.occupied(&key)? {
+                return Ok(false);
             }
+            i.write(&key, &record, true).map(|()| true)
         })
         .await
     }
 
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
         let (key, changes) = (id.storage_key(), changes.clone());
-        self.run(move |i| i.save(&key, &changes)).await
+        self.run(move |i| i.save(&key, &changes, &i.lock(i.stripe(&key))))
+            .await
     }
 
     /// With `sync=lifecycle` a save is a page-cache write: done at once, on the caller's
-    /// thread.
+    /// thread, unless the session's stripe lock is taken (as [`load_now`](Provider::load_now)).
     fn save_now(&self, id: &SessionId, changes: &ChangeSet) -> Option<Result<bool>> {
-        (self.inner.sync == SyncMode::Lifecycle).then(|| {
-            self.inner
-                .save(&id.storage_key(), changes)
-                .map_err(io_error)
-        })
+        if self.inner.sync != SyncMode::Lifecycle {
+            return None;
+        }
+        let key = id.storage_key();
+        let held = self.inner.try_lock(self.inner.stripe(&key))?;
+        Some(self.inner.save(&key, changes, &held).map_err(io_error))
     }
 
     async fn destroy(&self, id: &SessionId) -> Result<()> {
@@ -416,7 +459,7 @@ impl Provider for FileProvider {
             let (a, b) = (i.stripe(&old), i.stripe(&new));
             let _first = i.lock(a.min(b));
             let _second = (a != b).then(|| i.lock(a.max(b)));
-            if let Ok(Read2::Live(..)) = i.read(&new) {
+            if i.occupied(&new)? {
                 return Ok(Regenerated::Collision);
             }
             let outcome = match i.read(&old)? {
@@ -433,92 +476,10 @@ impl Provider for FileProvider {
     }
 
     async fn count(&self) -> Result<usize> {
-        self.run(|i| {
-            let now = i.clock.now_ms();
-            let mut n = 0;
-            i.scan(|_, expiry| {
-                n += usize::from(expiry.is_some_and(|e| e > now));
-                Ok(())
-            })?;
-            Ok(n)
-        })
-        .await
+        self.scan(Inner::count_batch).await
     }
 
     async fn gc(&self) -> Result<usize> {
-        self.run(|i| {
-            let now = i.clock.now_ms();
-            let mut removed = 0;
-            i.scan(|key, expiry| {
-                if expiry.is_none_or(|e| e <= now) {
-                    let _guard = i.lock(i.stripe(key));
-                    // Re-check under the lock: a concurrent save may have refreshed it.
-                    if matches!(i.read(key), Ok(Read2::Dead) | Err(_)) {
-                        i.remove(key, false)?;
-                        removed += 1;
-                    }
-                }
-                Ok(())
-            })?;
-            Ok(removed)
-        })
-        .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lifecycle_save_pads_a_shorter_record_in_place_and_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = FileProvider::with_sync(dir.path(), Clock::system(), SyncMode::Lifecycle).unwrap();
-        let i = &p.inner;
-        let key = "ab".repeat(32);
-        let record = |value: &str| Record {
-            values: [("k".to_owned(), value.to_owned())].into(),
-            expires_at: u64::MAX / 2,
-            absolute_deadline: None,
-        };
-        i.write(&key, &record(&"x".repeat(100)), false).unwrap();
-        let len = fs::metadata(i.path(&key)).unwrap().len();
-        let changes = ChangeSet {
-            set: vec![("k".to_owned(), "y".to_owned())],
-            expires_at: u64::MAX / 2,
-            ..Default::default()
-        };
-        assert!(i.save(&key, &changes).unwrap());
-        assert_eq!(fs::metadata(i.path(&key)).unwrap().len(), len);
-        assert_eq!(i.load(&key).unwrap(), Some(record("y")));
-        assert!(
-            !i.save(&"cd".repeat(32), &changes).unwrap(),
-            "a save created a record"
-        );
-    }
-
-    #[test]
-    fn config_forms() {
-        let parse = |c| parse_config(c).map_err(|e| e.to_string());
-        assert_eq!(parse(""), Ok((DEFAULT_DIR, SyncMode::Always)));
-        assert_eq!(parse(" data/s "), Ok(("data/s", SyncMode::Always)));
-        assert_eq!(parse("data_dir=x"), Ok(("x", SyncMode::Always)));
-        assert_eq!(
-            parse("data/s, sync=lifecycle"),
-            Ok(("data/s", SyncMode::Lifecycle))
-        );
-        assert_eq!(
-            parse("data_dir=a,b,sync=always"),
-            Ok(("a,b", SyncMode::Always))
-        );
-        assert_eq!(
-            parse(",sync=lifecycle"),
-            Ok((DEFAULT_DIR, SyncMode::Lifecycle))
-        );
-        assert!(
-            parse("data/s,sync=sometimes")
-                .unwrap_err()
-                .contains("sometimes")
-        );
+        self.scan(Inner::gc_batch).await
     }
 }
