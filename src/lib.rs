@@ -73,6 +73,9 @@ mod options;
 pub mod provider;
 mod record;
 mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use clock::Clock;
 pub use depot::SessionDepotExt;

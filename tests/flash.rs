@@ -17,6 +17,18 @@ use sessioner::{Flash, Level, Options, SessionDepotExt};
 
 const C: &str = "sessioner";
 
+// The flows every built-in backend must pass: `memory::<flow>`, `sled::<flow>`, ...
+common::per_backend!(
+    f4_a_flash_survives_one_redirect_and_is_shown_exactly_once,
+    every_level_round_trips_with_macaron_names,
+    one_message_per_level_the_last_wins_and_levels_accumulate,
+    f4_now_messages_show_in_this_response_and_never_reach_storage,
+    f2_templates_read_the_flash_and_escape_it,
+    f1_a_flash_cannot_be_planted_by_the_client,
+    f3_long_messages_never_make_a_cookie_over_4kb,
+    demo_full_browser_flow,
+);
+
 #[handler]
 async fn set_next(
     req: &mut Request,
@@ -69,16 +81,9 @@ async fn plant(depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
     Ok("planted")
 }
 
-fn service() -> Arc<Service> {
+fn service(options: Options) -> Arc<Service> {
     let router = Router::new()
-        .hoop(
-            Options {
-                provider: "memory".into(),
-                ..Default::default()
-            }
-            .build()
-            .unwrap(),
-        )
+        .hoop(options.build().unwrap())
         .push(Router::with_path("set").get(set_next))
         .push(Router::with_path("now").get(set_now))
         .push(Router::with_path("show").get(show))
@@ -91,9 +96,8 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap()
 }
 
-#[tokio::test]
-async fn f4_a_flash_survives_one_redirect_and_is_shown_exactly_once() {
-    let mut b = Browser::new(service());
+async fn f4_a_flash_survives_one_redirect_and_is_shown_exactly_once(options: Options) {
+    let mut b = Browser::new(service(options));
     let r = b.get("/set?msg=Saved").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(r.headers.get("location").unwrap(), "/show");
@@ -105,9 +109,8 @@ async fn f4_a_flash_survives_one_redirect_and_is_shown_exactly_once() {
     );
 }
 
-#[tokio::test]
-async fn every_level_round_trips_with_macaron_names() {
-    let mut b = Browser::new(service());
+async fn every_level_round_trips_with_macaron_names(options: Options) {
+    let mut b = Browser::new(service(options));
     for (level, name) in [
         ("success", "SuccessMsg"),
         ("error", "ErrorMsg"),
@@ -125,9 +128,8 @@ async fn every_level_round_trips_with_macaron_names() {
     }
 }
 
-#[tokio::test]
-async fn one_message_per_level_the_last_wins_and_levels_accumulate() {
-    let mut b = Browser::new(service());
+async fn one_message_per_level_the_last_wins_and_levels_accumulate(options: Options) {
+    let mut b = Browser::new(service(options));
     b.get("/set?msg=first").await;
     b.get("/set?msg=second").await;
     b.get("/set?level=error&msg=oops").await;
@@ -138,9 +140,8 @@ async fn one_message_per_level_the_last_wins_and_levels_accumulate() {
     );
 }
 
-#[tokio::test]
-async fn f4_now_messages_show_in_this_response_and_never_reach_storage() {
-    let mut b = Browser::new(service());
+async fn f4_now_messages_show_in_this_response_and_never_reach_storage(options: Options) {
+    let mut b = Browser::new(service(options));
     let r = b.get("/now?msg=right+now").await;
     assert_eq!(json(&r.body)["InfoMsg"], "right now");
     assert!(
@@ -150,9 +151,8 @@ async fn f4_now_messages_show_in_this_response_and_never_reach_storage() {
     assert_eq!(json(&b.get("/show").await.body)["InfoMsg"], "");
 }
 
-#[tokio::test]
-async fn f2_templates_read_the_flash_and_escape_it() {
-    let mut b = Browser::new(service());
+async fn f2_templates_read_the_flash_and_escape_it(options: Options) {
+    let mut b = Browser::new(service(options));
     b.get("/set?msg=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
     let body = b.get("/page").await.body;
     assert!(
@@ -163,6 +163,10 @@ async fn f2_templates_read_the_flash_and_escape_it() {
         !body.contains("<script>"),
         "F2: the message must be escaped"
     );
+}
+
+#[test]
+fn f2_flash_serialises_with_macaron_names() {
     let serialized = serde_json::to_value(Flash {
         success_msg: "ok".into(),
         ..Default::default()
@@ -177,9 +181,8 @@ async fn f2_templates_read_the_flash_and_escape_it() {
     assert_eq!(f.warning_msg, "w");
 }
 
-#[tokio::test]
-async fn f1_a_flash_cannot_be_planted_by_the_client() {
-    let svc = service();
+async fn f1_a_flash_cannot_be_planted_by_the_client(options: Options) {
+    let svc = service(options);
     // macaron's unsigned flash cookie is not read at all.
     let mut b = Browser::with_cookie(svc.clone(), "macaron_flash", "success%3Dpwned");
     assert_eq!(json(&b.get("/show").await.body)["SuccessMsg"], "");
@@ -189,9 +192,8 @@ async fn f1_a_flash_cannot_be_planted_by_the_client() {
     assert_eq!(json(&b.get("/show").await.body)["SuccessMsg"], "");
 }
 
-#[tokio::test]
-async fn f3_long_messages_never_make_a_cookie_over_4kb() {
-    let mut b = Browser::new(service());
+async fn f3_long_messages_never_make_a_cookie_over_4kb(options: Options) {
+    let mut b = Browser::new(service(options));
     let long = "x".repeat(3_000);
     for i in 0..50 {
         let r = b.get(&format!("/set?msg={long}{i}")).await;
@@ -203,19 +205,12 @@ async fn f3_long_messages_never_make_a_cookie_over_4kb() {
     assert_eq!(shown["SuccessMsg"], format!("{long}49"));
 }
 
-fn demo_service() -> Arc<Service> {
-    Arc::new(Service::new(
-        demo::app(Options {
-            provider: "memory".into(),
-            ..Default::default()
-        })
-        .unwrap(),
-    ))
+fn demo_service(options: Options) -> Arc<Service> {
+    Arc::new(Service::new(demo::app(options).unwrap()))
 }
 
-#[tokio::test]
-async fn demo_full_browser_flow() {
-    let svc = demo_service();
+async fn demo_full_browser_flow(options: Options) {
+    let svc = demo_service(options);
     let mut b = Browser::new(svc.clone());
     let home = b.get("/").await;
     assert_eq!(home.status, StatusCode::OK);

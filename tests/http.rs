@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{Browser, Slow, each_provider, router, service};
+use common::{Browser, Slow, router, service};
 use salvo::http::StatusCode;
 use salvo::http::header::HeaderValue;
 use salvo::prelude::*;
@@ -26,6 +26,26 @@ use tempfile::TempDir;
 use tokio::sync::Notify;
 
 const C: &str = "sessioner";
+
+// The flows every built-in backend must pass: `memory::<flow>`, `sled::<flow>`, ...
+common::per_backend!(
+    macaron_flow_set_regenerate_then_read_delete_destroy,
+    regenerating_a_session_created_in_the_same_request,
+    gc_removes_sessions_idle_past_their_lifetime,
+    s2_hostile_cookies_are_treated_as_no_session,
+    s3_a_planted_id_is_never_adopted,
+    l1_bug2_regenerate_kills_the_old_id_and_moves_everything,
+    l2_bug3_destroy_is_final_and_the_deletion_cookie_repeats_every_attribute,
+    bug4_flush_and_deleting_the_last_key_are_saved,
+    bug6_odd_id_lengths_keep_their_session,
+    l6_bug9_visitors_who_only_read_create_nothing,
+    l4_bug10_expired_sessions_are_unreadable_before_gc,
+    reads_keep_an_active_session_alive,
+    l5_the_absolute_lifetime_is_not_extended_by_activity,
+    l7_bug14_concurrent_requests_changing_different_keys_all_persist,
+    l3_a_slow_request_cannot_revive_a_logged_out_session,
+    values_set_read_and_deleted_in_one_request_are_saved_as_last_seen,
+);
 
 fn memory() -> Options {
     Options {
@@ -61,113 +81,101 @@ fn assert_opaque(body: &str) {
     }
 }
 
-#[tokio::test]
-async fn macaron_flow_set_regenerate_then_read_delete_destroy() {
-    each_provider(|options| async move {
-        let svc = service(options);
-        let mut b = Browser::new(svc.clone());
-        let r = b.get("/set?key=uname&value=unknwon").await;
-        assert_eq!(r.status, StatusCode::OK);
-        let a = b.cookie(C).expect("a new session sets its cookie");
-        assert_eq!(a.len(), 32);
-        let r = b.get("/get?key=uname").await;
-        assert_eq!(r.body, "unknwon");
-        assert!(
-            r.set_cookies.is_empty(),
-            "an existing session must not re-send its cookie"
-        );
+async fn macaron_flow_set_regenerate_then_read_delete_destroy(options: Options) {
+    let svc = service(options);
+    let mut b = Browser::new(svc.clone());
+    let r = b.get("/set?key=uname&value=unknwon").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let a = b.cookie(C).expect("a new session sets its cookie");
+    assert_eq!(a.len(), 32);
+    let r = b.get("/get?key=uname").await;
+    assert_eq!(r.body, "unknwon");
+    assert!(
+        r.set_cookies.is_empty(),
+        "an existing session must not re-send its cookie"
+    );
 
-        let r = b.get("/regenerate").await;
-        let new = b.cookie(C).unwrap();
-        assert_ne!(new, a);
-        assert_eq!(r.body, new);
-        assert_eq!(
-            b.get("/get?key=uname").await.body,
-            "unknwon",
-            "data carried over"
-        );
-        assert_eq!(
-            Browser::with_cookie(svc.clone(), C, &a)
-                .get("/get?key=uname")
-                .await
-                .body,
-            "none",
-            "old id dead"
-        );
+    let r = b.get("/regenerate").await;
+    let new = b.cookie(C).unwrap();
+    assert_ne!(new, a);
+    assert_eq!(r.body, new);
+    assert_eq!(
+        b.get("/get?key=uname").await.body,
+        "unknwon",
+        "data carried over"
+    );
+    assert_eq!(
+        Browser::with_cookie(svc.clone(), C, &a)
+            .get("/get?key=uname")
+            .await
+            .body,
+        "none",
+        "old id dead"
+    );
 
-        b.get("/delete?key=uname").await;
-        assert_eq!(b.get("/get?key=uname").await.body, "none");
-        b.get("/set?key=uname&value=again").await;
-        assert_eq!(b.get("/count").await.body, "1");
-        let r = b.get("/destroy").await;
-        assert!(
-            r.cookie(C).is_some_and(|c| c.value().is_empty()),
-            "destroy clears the cookie"
-        );
-        assert_eq!(
-            Browser::with_cookie(svc.clone(), C, &new)
-                .get("/get?key=uname")
-                .await
-                .body,
-            "none"
-        );
-        assert_eq!(Browser::new(svc).get("/count").await.body, "0");
-    })
-    .await;
+    b.get("/delete?key=uname").await;
+    assert_eq!(b.get("/get?key=uname").await.body, "none");
+    b.get("/set?key=uname&value=again").await;
+    assert_eq!(b.get("/count").await.body, "1");
+    let r = b.get("/destroy").await;
+    assert!(
+        r.cookie(C).is_some_and(|c| c.value().is_empty()),
+        "destroy clears the cookie"
+    );
+    assert_eq!(
+        Browser::with_cookie(svc.clone(), C, &new)
+            .get("/get?key=uname")
+            .await
+            .body,
+        "none"
+    );
+    assert_eq!(Browser::new(svc).get("/count").await.body, "0");
 }
 
-#[tokio::test]
-async fn regenerating_a_session_created_in_the_same_request() {
-    each_provider(|options| async move {
-        let svc = service(options);
-        let mut b = Browser::new(svc);
-        let r = b.get("/set_then_regenerate?key=k&value=v").await;
-        assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(
-            b.cookie(C).unwrap(),
-            r.body,
-            "the cookie names the regenerated id"
-        );
-        assert_eq!(b.get("/get?key=k").await.body, "v");
-        assert_eq!(b.get("/count").await.body, "1");
-    })
-    .await;
+async fn regenerating_a_session_created_in_the_same_request(options: Options) {
+    let svc = service(options);
+    let mut b = Browser::new(svc);
+    let r = b.get("/set_then_regenerate?key=k&value=v").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        b.cookie(C).unwrap(),
+        r.body,
+        "the cookie names the regenerated id"
+    );
+    assert_eq!(b.get("/get?key=k").await.body, "v");
+    assert_eq!(b.get("/count").await.body, "1");
 }
 
-#[tokio::test]
-async fn gc_removes_sessions_idle_past_their_lifetime() {
-    each_provider(|options| async move {
-        let provider = options.provider.clone();
-        let clock = Clock::manual();
-        let svc = service(Options {
-            clock: clock.clone(),
-            max_lifetime: Some(Duration::from_secs(60)),
-            ..options
-        });
-        for i in 0..5 {
-            Browser::new(svc.clone())
-                .get(&format!("/set?key=k&value={i}"))
-                .await;
-        }
-        let mut admin = Browser::new(svc);
-        assert_eq!(admin.get("/count").await.body, "5");
-        clock.advance(Duration::from_secs(61));
-        assert_eq!(
-            admin.get("/count").await.body,
-            "0",
-            "count sees only live sessions"
-        );
-        // redis expires records by itself (TTL); the others' gc removes every expired record.
-        let expected = if provider == "redis" { "0" } else { "5" };
-        assert_eq!(
-            admin.get("/gc").await.body,
-            expected,
-            "gc removes every expired record"
-        );
-        assert_eq!(admin.get("/gc").await.body, "0");
-        assert_eq!(admin.get("/count").await.body, "0");
-    })
-    .await;
+async fn gc_removes_sessions_idle_past_their_lifetime(options: Options) {
+    let provider = options.provider.clone();
+    let clock = Clock::manual();
+    let svc = service(Options {
+        clock: clock.clone(),
+        max_lifetime: Some(Duration::from_secs(60)),
+        ..options
+    });
+    for i in 0..5 {
+        Browser::new(svc.clone())
+            .get(&format!("/set?key=k&value={i}"))
+            .await;
+    }
+    let mut admin = Browser::new(svc);
+    assert_eq!(admin.get("/count").await.body, "5");
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        admin.get("/count").await.body,
+        "0",
+        "count sees only live sessions"
+    );
+    // redis expires records by itself (TTL); the others' gc removes every expired record.
+    let expected = if provider == "redis" { "0" } else { "5" };
+    assert_eq!(
+        admin.get("/gc").await.body,
+        expected,
+        "gc removes every expired record"
+    );
+    assert_eq!(admin.get("/gc").await.body, "0");
+    assert_eq!(admin.get("/count").await.body, "0");
 }
 
 #[tokio::test]
@@ -234,44 +242,40 @@ const HOSTILE: [&str; 7] = [
     "../s/../../x",
 ];
 
-#[tokio::test]
-async fn s2_hostile_cookies_are_treated_as_no_session() {
-    each_provider(|options| async move {
-        let svc = service(options);
-        let long = "a".repeat(10_000);
-        for value in HOSTILE.iter().copied().chain([long.as_str()]) {
-            let mut b = Browser::with_cookie(svc.clone(), C, value);
-            let r = b.get("/get?key=k").await;
-            assert_eq!(
-                (r.status, r.body.as_str()),
-                (StatusCode::OK, "none"),
-                "{value:?}"
-            );
-            let r = b.get("/set?key=k&value=v").await;
-            assert_eq!(r.status, StatusCode::OK, "{value:?}");
-            let issued = r
-                .cookie(C)
-                .expect("a fresh id is issued")
-                .value()
-                .to_owned();
-            assert!(SessionId::parse(&issued, 32).is_ok());
-        }
-        let mut non_ascii = TestClient::get("http://127.0.0.1:5800/set?key=k&value=v")
-            .add_header(
-                "cookie",
-                HeaderValue::from_bytes(b"sessioner=caf\xc3\xa9").unwrap(),
-                true,
-            )
-            .send(&*svc)
-            .await;
+async fn s2_hostile_cookies_are_treated_as_no_session(options: Options) {
+    let svc = service(options);
+    let long = "a".repeat(10_000);
+    for value in HOSTILE.iter().copied().chain([long.as_str()]) {
+        let mut b = Browser::with_cookie(svc.clone(), C, value);
+        let r = b.get("/get?key=k").await;
         assert_eq!(
-            non_ascii.status_code.unwrap_or(StatusCode::OK),
-            StatusCode::OK
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "none"),
+            "{value:?}"
         );
-        assert!(non_ascii.cookies().get(C).is_some());
-        let _ = salvo::test::ResponseExt::take_string(&mut non_ascii).await;
-    })
-    .await;
+        let r = b.get("/set?key=k&value=v").await;
+        assert_eq!(r.status, StatusCode::OK, "{value:?}");
+        let issued = r
+            .cookie(C)
+            .expect("a fresh id is issued")
+            .value()
+            .to_owned();
+        assert!(SessionId::parse(&issued, 32).is_ok());
+    }
+    let mut non_ascii = TestClient::get("http://127.0.0.1:5800/set?key=k&value=v")
+        .add_header(
+            "cookie",
+            HeaderValue::from_bytes(b"sessioner=caf\xc3\xa9").unwrap(),
+            true,
+        )
+        .send(&*svc)
+        .await;
+    assert_eq!(
+        non_ascii.status_code.unwrap_or(StatusCode::OK),
+        StatusCode::OK
+    );
+    assert!(non_ascii.cookies().get(C).is_some());
+    let _ = salvo::test::ResponseExt::take_string(&mut non_ascii).await;
 }
 
 #[tokio::test]
@@ -295,17 +299,13 @@ async fn s2_hostile_cookies_write_nothing_outside_the_file_store() {
     assert_eq!(walk(&dir.path().join("s")), HOSTILE.len());
 }
 
-#[tokio::test]
-async fn s3_a_planted_id_is_never_adopted() {
-    each_provider(|options| async move {
-        let planted = "0123456789abcdef0123456789abcdef";
-        let mut b = Browser::with_cookie(service(options), C, planted);
-        let r = b.get("/set?key=k&value=v").await;
-        let issued = r.cookie(C).expect("a new id").value().to_owned();
-        assert_ne!(issued, planted);
-        assert_eq!(b.get("/get?key=k").await.body, "v");
-    })
-    .await;
+async fn s3_a_planted_id_is_never_adopted(options: Options) {
+    let planted = "0123456789abcdef0123456789abcdef";
+    let mut b = Browser::with_cookie(service(options), C, planted);
+    let r = b.get("/set?key=k&value=v").await;
+    let issued = r.cookie(C).expect("a new id").value().to_owned();
+    assert_ne!(issued, planted);
+    assert_eq!(b.get("/get?key=k").await.body, "v");
 }
 
 #[tokio::test]
@@ -328,96 +328,82 @@ async fn s6_the_id_is_read_from_the_cookie_only() {
     );
 }
 
-#[tokio::test]
-async fn l1_bug2_regenerate_kills_the_old_id_and_moves_everything() {
-    each_provider(|options| async move {
-        let svc = service(options);
-        let mut b = Browser::new(svc.clone());
-        b.get("/set?key=before&value=1").await;
-        let old = b.cookie(C).unwrap();
-        b.get("/regenerate?key=after&value=2").await;
-        let new = b.cookie(C).unwrap();
-        assert_ne!(old, new);
-        assert_eq!(b.get("/get?key=before").await.body, "1");
-        assert_eq!(b.get("/get?key=after").await.body, "2");
-        let mut replay = Browser::with_cookie(svc.clone(), C, &old);
-        assert_eq!(replay.get("/get?key=before").await.body, "none");
-        assert_eq!(replay.get("/get?key=after").await.body, "none");
-        assert_eq!(b.get("/count").await.body, "1", "one session, not two");
-    })
-    .await;
+async fn l1_bug2_regenerate_kills_the_old_id_and_moves_everything(options: Options) {
+    let svc = service(options);
+    let mut b = Browser::new(svc.clone());
+    b.get("/set?key=before&value=1").await;
+    let old = b.cookie(C).unwrap();
+    b.get("/regenerate?key=after&value=2").await;
+    let new = b.cookie(C).unwrap();
+    assert_ne!(old, new);
+    assert_eq!(b.get("/get?key=before").await.body, "1");
+    assert_eq!(b.get("/get?key=after").await.body, "2");
+    let mut replay = Browser::with_cookie(svc.clone(), C, &old);
+    assert_eq!(replay.get("/get?key=before").await.body, "none");
+    assert_eq!(replay.get("/get?key=after").await.body, "none");
+    assert_eq!(b.get("/count").await.body, "1", "one session, not two");
 }
 
-#[tokio::test]
-async fn l2_bug3_destroy_is_final_and_the_deletion_cookie_repeats_every_attribute() {
-    each_provider(|options| async move {
-        let svc = service(Options {
-            secure: Some(true),
-            domain: "example.com".into(),
-            cookie_path: "/".into(),
-            same_site: Some(SameSite::Strict),
-            ..options
-        });
-        let mut b = Browser::new(svc.clone());
-        b.get("/set?key=user&value=ann").await;
-        let old = b.cookie(C).unwrap();
-        assert_eq!(b.get("/count").await.body, "1");
-        let r = b.get("/destroy").await;
-        let gone = r.cookie(C).expect("a deletion cookie");
-        assert_eq!(gone.value(), "");
-        assert_eq!(
-            gone.max_age(),
-            Some(salvo::http::cookie::time::Duration::ZERO)
-        );
-        assert_eq!(gone.path(), Some("/"));
-        assert_eq!(gone.domain(), Some("example.com"));
-        assert_eq!(gone.secure(), Some(true));
-        assert_eq!(gone.http_only(), Some(true));
-        assert_eq!(
-            gone.same_site(),
-            Some(salvo::http::cookie::SameSite::Strict)
-        );
-        let mut replay = Browser::with_cookie(svc.clone(), C, &old);
-        assert_eq!(replay.get("/get?key=user").await.body, "none");
-        assert_eq!(replay.get("/count").await.body, "0");
-    })
-    .await;
+async fn l2_bug3_destroy_is_final_and_the_deletion_cookie_repeats_every_attribute(
+    options: Options,
+) {
+    let svc = service(Options {
+        secure: Some(true),
+        domain: "example.com".into(),
+        cookie_path: "/".into(),
+        same_site: Some(SameSite::Strict),
+        ..options
+    });
+    let mut b = Browser::new(svc.clone());
+    b.get("/set?key=user&value=ann").await;
+    let old = b.cookie(C).unwrap();
+    assert_eq!(b.get("/count").await.body, "1");
+    let r = b.get("/destroy").await;
+    let gone = r.cookie(C).expect("a deletion cookie");
+    assert_eq!(gone.value(), "");
+    assert_eq!(
+        gone.max_age(),
+        Some(salvo::http::cookie::time::Duration::ZERO)
+    );
+    assert_eq!(gone.path(), Some("/"));
+    assert_eq!(gone.domain(), Some("example.com"));
+    assert_eq!(gone.secure(), Some(true));
+    assert_eq!(gone.http_only(), Some(true));
+    assert_eq!(
+        gone.same_site(),
+        Some(salvo::http::cookie::SameSite::Strict)
+    );
+    let mut replay = Browser::with_cookie(svc.clone(), C, &old);
+    assert_eq!(replay.get("/get?key=user").await.body, "none");
+    assert_eq!(replay.get("/count").await.body, "0");
 }
 
-#[tokio::test]
-async fn bug4_flush_and_deleting_the_last_key_are_saved() {
-    each_provider(|options| async move {
-        let mut b = Browser::new(service(options));
-        b.get("/set?key=only&value=1").await;
-        b.get("/delete?key=only").await;
-        assert_eq!(b.get("/get?key=only").await.body, "none");
-        b.get("/set?key=a&value=1").await;
-        b.get("/set?key=b&value=2").await;
-        b.get("/flush").await;
-        assert_eq!(b.get("/get?key=a").await.body, "none");
-        assert_eq!(b.get("/get?key=b").await.body, "none");
-        assert_ne!(b.get("/id").await.body, "none", "flush keeps the session");
-    })
-    .await;
+async fn bug4_flush_and_deleting_the_last_key_are_saved(options: Options) {
+    let mut b = Browser::new(service(options));
+    b.get("/set?key=only&value=1").await;
+    b.get("/delete?key=only").await;
+    assert_eq!(b.get("/get?key=only").await.body, "none");
+    b.get("/set?key=a&value=1").await;
+    b.get("/set?key=b&value=2").await;
+    b.get("/flush").await;
+    assert_eq!(b.get("/get?key=a").await.body, "none");
+    assert_eq!(b.get("/get?key=b").await.body, "none");
+    assert_ne!(b.get("/id").await.body, "none", "flush keeps the session");
 }
 
-#[tokio::test]
-async fn bug6_odd_id_lengths_keep_their_session() {
-    each_provider(|options| async move {
-        let mut b = Browser::new(service(Options {
-            id_length: Some(17),
-            ..options
-        }));
-        b.get("/set?key=k&value=v").await;
-        assert_eq!(b.cookie(C).unwrap().len(), 17);
-        let r = b.get("/get?key=k").await;
-        assert_eq!(r.body, "v");
-        assert!(
-            r.set_cookies.is_empty(),
-            "the odd-length id was accepted back"
-        );
-    })
-    .await;
+async fn bug6_odd_id_lengths_keep_their_session(options: Options) {
+    let mut b = Browser::new(service(Options {
+        id_length: Some(17),
+        ..options
+    }));
+    b.get("/set?key=k&value=v").await;
+    assert_eq!(b.cookie(C).unwrap().len(), 17);
+    let r = b.get("/get?key=k").await;
+    assert_eq!(r.body, "v");
+    assert!(
+        r.set_cookies.is_empty(),
+        "the odd-length id was accepted back"
+    );
 }
 
 #[tokio::test]
@@ -618,162 +604,138 @@ async fn s5_r4_bug8_file_records_are_private_atomic_and_named_by_hash() {
     assert_eq!(files, 1);
 }
 
-#[tokio::test]
-async fn l6_bug9_visitors_who_only_read_create_nothing() {
-    each_provider(|options| async move {
-        let svc = service(options);
-        for i in 0..300 {
-            let mut b = Browser::new(svc.clone());
-            let r = b
-                .get(if i % 2 == 0 { "/get?key=k" } else { "/hello" })
-                .await;
-            assert!(r.set_cookies.is_empty());
-        }
-        let mut b = Browser::with_cookie(svc.clone(), C, &"ab".repeat(16));
-        assert!(b.get("/get?key=k").await.set_cookies.is_empty());
-        assert_eq!(Browser::new(svc).get("/count").await.body, "0");
-    })
-    .await;
+async fn l6_bug9_visitors_who_only_read_create_nothing(options: Options) {
+    let svc = service(options);
+    for i in 0..300 {
+        let mut b = Browser::new(svc.clone());
+        let r = b
+            .get(if i % 2 == 0 { "/get?key=k" } else { "/hello" })
+            .await;
+        assert!(r.set_cookies.is_empty());
+    }
+    let mut b = Browser::with_cookie(svc.clone(), C, &"ab".repeat(16));
+    assert!(b.get("/get?key=k").await.set_cookies.is_empty());
+    assert_eq!(Browser::new(svc).get("/count").await.body, "0");
 }
 
-#[tokio::test]
-async fn l4_bug10_expired_sessions_are_unreadable_before_gc() {
-    each_provider(|options| async move {
-        let clock = Clock::manual();
-        let svc = service(Options {
-            clock: clock.clone(),
-            max_lifetime: Some(Duration::from_secs(1)),
-            gc_interval: Some(Duration::from_secs(3600)),
-            ..options
-        });
-        let mut b = Browser::new(svc);
-        b.get("/set?key=k&value=v").await;
-        assert_eq!(b.get("/get?key=k").await.body, "v");
-        clock.advance(Duration::from_secs(2));
-        assert_eq!(b.get("/get?key=k").await.body, "none");
-        // Writing now starts a new session under a new id.
-        let old = b.cookie(C).unwrap();
-        b.get("/set?key=k&value=w").await;
-        assert_ne!(b.cookie(C).unwrap(), old);
-    })
-    .await;
+async fn l4_bug10_expired_sessions_are_unreadable_before_gc(options: Options) {
+    let clock = Clock::manual();
+    let svc = service(Options {
+        clock: clock.clone(),
+        max_lifetime: Some(Duration::from_secs(1)),
+        gc_interval: Some(Duration::from_secs(3600)),
+        ..options
+    });
+    let mut b = Browser::new(svc);
+    b.get("/set?key=k&value=v").await;
+    assert_eq!(b.get("/get?key=k").await.body, "v");
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(b.get("/get?key=k").await.body, "none");
+    // Writing now starts a new session under a new id.
+    let old = b.cookie(C).unwrap();
+    b.get("/set?key=k&value=w").await;
+    assert_ne!(b.cookie(C).unwrap(), old);
 }
 
-#[tokio::test]
-async fn reads_keep_an_active_session_alive() {
-    each_provider(|options| async move {
-        let clock = Clock::manual();
-        let mut b = Browser::new(service(Options {
-            clock: clock.clone(),
-            max_lifetime: Some(Duration::from_secs(10)),
-            ..options
-        }));
-        b.get("/set?key=k&value=v").await;
-        for _ in 0..5 {
-            clock.advance(Duration::from_secs(6));
-            assert_eq!(
-                b.get("/get?key=k").await.body,
-                "v",
-                "a read refreshes the idle deadline"
-            );
-        }
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn l5_the_absolute_lifetime_is_not_extended_by_activity() {
-    each_provider(|options| async move {
-        let clock = Clock::manual();
-        let mut b = Browser::new(service(Options {
-            clock: clock.clone(),
-            max_lifetime: Some(Duration::from_secs(10)),
-            absolute_lifetime: Some(Duration::from_secs(5)),
-            ..options
-        }));
-        b.get("/set?key=k&value=v").await;
-        for _ in 0..4 {
-            clock.advance(Duration::from_secs(1));
-            assert_eq!(b.get("/get?key=k").await.body, "v");
-            b.get("/set?key=touch&value=1").await;
-        }
-        clock.advance(Duration::from_secs(2));
+async fn reads_keep_an_active_session_alive(options: Options) {
+    let clock = Clock::manual();
+    let mut b = Browser::new(service(Options {
+        clock: clock.clone(),
+        max_lifetime: Some(Duration::from_secs(10)),
+        ..options
+    }));
+    b.get("/set?key=k&value=v").await;
+    for _ in 0..5 {
+        clock.advance(Duration::from_secs(6));
         assert_eq!(
             b.get("/get?key=k").await.body,
-            "none",
-            "gone after the absolute lifetime"
+            "v",
+            "a read refreshes the idle deadline"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn l7_bug14_concurrent_requests_changing_different_keys_all_persist() {
-    each_provider(|options| async move {
-        let svc = service(options);
-        let mut b = Browser::new(svc.clone());
-        b.get("/set?key=base&value=0").await;
-        let sid = b.cookie(C).unwrap();
-        let tasks: Vec<_> = (0..20)
-            .map(|i| {
-                let (svc, sid) = (svc.clone(), sid.clone());
-                tokio::spawn(async move {
-                    Browser::with_cookie(svc, C, &sid)
-                        .get(&format!("/set?key=k{i}&value={i}"))
-                        .await
-                        .status
-                })
-            })
-            .collect();
-        for t in tasks {
-            assert_eq!(t.await.unwrap(), StatusCode::OK);
-        }
-        for i in 0..20 {
-            assert_eq!(b.get(&format!("/get?key=k{i}")).await.body, i.to_string());
-        }
-        assert_eq!(b.get("/get?key=base").await.body, "0");
-    })
-    .await;
+async fn l5_the_absolute_lifetime_is_not_extended_by_activity(options: Options) {
+    let clock = Clock::manual();
+    let mut b = Browser::new(service(Options {
+        clock: clock.clone(),
+        max_lifetime: Some(Duration::from_secs(10)),
+        absolute_lifetime: Some(Duration::from_secs(5)),
+        ..options
+    }));
+    b.get("/set?key=k&value=v").await;
+    for _ in 0..4 {
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(b.get("/get?key=k").await.body, "v");
+        b.get("/set?key=touch&value=1").await;
+    }
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        b.get("/get?key=k").await.body,
+        "none",
+        "gone after the absolute lifetime"
+    );
 }
 
-#[tokio::test]
-async fn l3_a_slow_request_cannot_revive_a_logged_out_session() {
-    each_provider(|options| async move {
-        let (loaded, proceed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let slow = Slow {
-            loaded: loaded.clone(),
-            proceed: proceed.clone(),
-        };
-        let handler = options.build().unwrap();
-        let svc = Arc::new(Service::new(
-            router(handler).push(Router::with_path("slow").get(slow)),
-        ));
-        let mut b = Browser::new(svc.clone());
-        b.get("/set?key=user&value=ann").await;
-        let sid = b.cookie(C).unwrap();
-        let slow_req = {
+async fn l7_bug14_concurrent_requests_changing_different_keys_all_persist(options: Options) {
+    let svc = service(options);
+    let mut b = Browser::new(svc.clone());
+    b.get("/set?key=base&value=0").await;
+    let sid = b.cookie(C).unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
             let (svc, sid) = (svc.clone(), sid.clone());
             tokio::spawn(async move {
                 Browser::with_cookie(svc, C, &sid)
-                    .get("/slow?key=cart&value=1")
+                    .get(&format!("/set?key=k{i}&value={i}"))
                     .await
+                    .status
             })
-        };
-        loaded.notified().await;
-        b.get("/destroy").await;
-        proceed.notify_one();
-        let r = slow_req.await.unwrap();
-        assert_eq!(r.status, StatusCode::OK);
-        assert!(
-            r.set_cookies.is_empty(),
-            "the slow request must not hand out a session"
-        );
-        let mut replay = Browser::with_cookie(svc.clone(), C, &sid);
-        assert_eq!(replay.get("/get?key=user").await.body, "none");
-        assert_eq!(replay.get("/get?key=cart").await.body, "none");
-        assert_eq!(replay.get("/count").await.body, "0");
-    })
-    .await;
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    for i in 0..20 {
+        assert_eq!(b.get(&format!("/get?key=k{i}")).await.body, i.to_string());
+    }
+    assert_eq!(b.get("/get?key=base").await.body, "0");
+}
+
+async fn l3_a_slow_request_cannot_revive_a_logged_out_session(options: Options) {
+    let (loaded, proceed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let slow = Slow {
+        loaded: loaded.clone(),
+        proceed: proceed.clone(),
+    };
+    let handler = options.build().unwrap();
+    let svc = Arc::new(Service::new(
+        router(handler).push(Router::with_path("slow").get(slow)),
+    ));
+    let mut b = Browser::new(svc.clone());
+    b.get("/set?key=user&value=ann").await;
+    let sid = b.cookie(C).unwrap();
+    let slow_req = {
+        let (svc, sid) = (svc.clone(), sid.clone());
+        tokio::spawn(async move {
+            Browser::with_cookie(svc, C, &sid)
+                .get("/slow?key=cart&value=1")
+                .await
+        })
+    };
+    loaded.notified().await;
+    b.get("/destroy").await;
+    proceed.notify_one();
+    let r = slow_req.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.set_cookies.is_empty(),
+        "the slow request must not hand out a session"
+    );
+    let mut replay = Browser::with_cookie(svc.clone(), C, &sid);
+    assert_eq!(replay.get("/get?key=user").await.body, "none");
+    assert_eq!(replay.get("/get?key=cart").await.body, "none");
+    assert_eq!(replay.get("/count").await.body, "0");
 }
 
 #[tokio::test]
@@ -1129,32 +1091,27 @@ async fn edit_in_one_request(depot: &mut Depot) -> Result<String, Error> {
     Ok(seen.join(" "))
 }
 
-#[tokio::test]
-async fn values_set_read_and_deleted_in_one_request_are_saved_as_last_seen() {
-    each_provider(|options| async move {
-        let svc = Arc::new(Service::new(
-            router(options.build().unwrap())
-                .push(Router::with_path("edit").get(edit_in_one_request)),
-        ));
-        let mut b = Browser::new(svc);
-        b.get("/set?key=kept&value=9").await;
-        b.get("/set?key=b&value=8").await;
-        assert_eq!(
-            b.get("/edit").await.body,
-            "kept=9 a=2 a=none kept=none kept=4"
-        );
-        assert_eq!(b.get("/get?key=a").await.body, "none");
-        assert_eq!(b.get("/get?key=gone").await.body, "none");
-        assert_eq!(b.get("/get?key=b").await.body, "3");
-        assert_eq!(b.get("/get?key=kept").await.body, "4");
-        // A new session (no cookie) made in one request holds the same result.
-        let mut fresh = Browser::new(Arc::clone(&b.service));
-        assert_eq!(
-            fresh.get("/edit").await.body,
-            "kept=none a=2 a=none kept=none kept=4"
-        );
-        assert_eq!(fresh.get("/get?key=b").await.body, "3");
-        assert_eq!(fresh.get("/get?key=gone").await.body, "none");
-    })
-    .await;
+async fn values_set_read_and_deleted_in_one_request_are_saved_as_last_seen(options: Options) {
+    let svc = Arc::new(Service::new(
+        router(options.build().unwrap()).push(Router::with_path("edit").get(edit_in_one_request)),
+    ));
+    let mut b = Browser::new(svc);
+    b.get("/set?key=kept&value=9").await;
+    b.get("/set?key=b&value=8").await;
+    assert_eq!(
+        b.get("/edit").await.body,
+        "kept=9 a=2 a=none kept=none kept=4"
+    );
+    assert_eq!(b.get("/get?key=a").await.body, "none");
+    assert_eq!(b.get("/get?key=gone").await.body, "none");
+    assert_eq!(b.get("/get?key=b").await.body, "3");
+    assert_eq!(b.get("/get?key=kept").await.body, "4");
+    // A new session (no cookie) made in one request holds the same result.
+    let mut fresh = Browser::new(Arc::clone(&b.service));
+    assert_eq!(
+        fresh.get("/edit").await.body,
+        "kept=none a=2 a=none kept=none kept=4"
+    );
+    assert_eq!(fresh.get("/get?key=b").await.body, "3");
+    assert_eq!(fresh.get("/get?key=gone").await.body, "none");
 }

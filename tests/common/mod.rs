@@ -241,76 +241,79 @@ pub mod redis_server;
 /// A backend for one test: its options, and whatever must live as long as it (a temporary
 /// directory, a private redis-server).
 pub struct Backend {
-    pub name: &'static str,
     pub options: Options,
     pub guard: Box<dyn Any>,
 }
 
-/// Every built-in provider the enabled features offer, each on fresh storage.
-pub fn backends() -> Vec<Backend> {
-    let mut all = vec![Backend {
-        name: "memory",
+/// The built-in backend `name` on fresh storage: `memory`, `file`, `file_sync_lifecycle`
+/// (the file provider with `sync=lifecycle`), `sled`, `redis` (a private redis-server).
+pub fn backend(name: &str) -> Backend {
+    let (provider, provider_config, guard): (&str, String, Box<dyn Any>) = match name {
+        "memory" => ("memory", String::new(), Box::new(())),
+        "file" | "file_sync_lifecycle" => {
+            let dir = tempfile::tempdir().unwrap();
+            let sync = if name == "file" {
+                ""
+            } else {
+                ",sync=lifecycle"
+            };
+            let config = format!("{}{sync}", dir.path().join("s").display());
+            ("file", config, Box::new(dir))
+        }
+        #[cfg(feature = "sled")]
+        "sled" => {
+            let dir = tempfile::tempdir().unwrap();
+            let config = dir.path().join("db").to_string_lossy().into_owned();
+            ("sled", config, Box::new(dir))
+        }
+        #[cfg(feature = "redis")]
+        "redis" => {
+            let server = redis_server::RedisServer::start();
+            let prefix = redis_server::unique_prefix("http");
+            let config = format!("{}?prefix={prefix}", server.url());
+            ("redis", config, Box::new(server))
+        }
+        other => panic!("no built-in backend {other:?} in this build"),
+    };
+    Backend {
         options: Options {
-            provider: "memory".into(),
+            provider: provider.into(),
+            provider_config,
             ..Default::default()
         },
-        guard: Box::new(()),
-    }];
-    for (name, suffix) in [("file", ""), ("file,sync=lifecycle", ",sync=lifecycle")] {
-        let dir = tempfile::tempdir().unwrap();
-        all.push(Backend {
-            name,
-            options: Options {
-                provider: "file".into(),
-                provider_config: format!("{}{suffix}", dir.path().join("s").display()),
-                ..Default::default()
-            },
-            guard: Box::new(dir),
-        });
+        guard,
     }
-    #[cfg(feature = "sled")]
-    {
-        let dir = tempfile::tempdir().unwrap();
-        all.push(Backend {
-            name: "sled",
-            options: Options {
-                provider: "sled".into(),
-                provider_config: dir.path().join("db").to_string_lossy().into(),
-                ..Default::default()
-            },
-            guard: Box::new(dir),
-        });
-    }
-    #[cfg(feature = "redis")]
-    {
-        let server = redis_server::RedisServer::start();
-        let config = format!(
-            "{}?prefix={}",
-            server.url(),
-            redis_server::unique_prefix("http")
-        );
-        all.push(Backend {
-            name: "redis",
-            options: Options {
-                provider: "redis".into(),
-                provider_config: config,
-                ..Default::default()
-            },
-            guard: Box::new(server),
-        });
-    }
-    all
 }
 
-/// Runs `flow` once per backend, naming the backend when it fails.
-pub async fn each_provider<F, Fut>(flow: F)
-where
-    F: Fn(Options) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in backends() {
-        eprintln!("-- provider {}", backend.name);
-        flow(backend.options.clone()).await;
-        drop(backend.guard);
-    }
+/// `per_backend!(flow, ..)`: for every built-in backend the enabled features offer, a module
+/// named after it (see [`backend`]) with one `#[tokio::test]` per flow, which runs
+/// `flow(options)` (an `async fn` of the invoking file) on fresh storage of that backend. So
+/// a failure names its backend, one failing backend hides no other, and
+/// `cargo test --test http sled` runs the sled flows only.
+#[allow(unused_macros)]
+macro_rules! per_backend {
+    ($($flow:ident),* $(,)?) => {
+        $crate::common::per_backend!(@module memory; $($flow),*);
+        $crate::common::per_backend!(@module file; $($flow),*);
+        $crate::common::per_backend!(@module file_sync_lifecycle; $($flow),*);
+        #[cfg(feature = "sled")]
+        $crate::common::per_backend!(@module sled; $($flow),*);
+        #[cfg(feature = "redis")]
+        $crate::common::per_backend!(@module redis; $($flow),*);
+    };
+    (@module $backend:ident; $($flow:ident),*) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $flow() {
+                    let $crate::common::Backend { options, guard } =
+                        $crate::common::backend(stringify!($backend));
+                    super::$flow(options).await;
+                    drop(guard);
+                }
+            )*
+        }
+    };
 }
+#[allow(unused_imports)]
+pub(crate) use per_backend;

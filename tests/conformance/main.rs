@@ -1,74 +1,43 @@
-//! The provider conformance suite, run against every built-in backend.
+//! The provider conformance suite (`sessioner::testing`), run against every built-in backend
+//! through the public macro: one module per backend, one test per clause, so
+//! `cargo test --test conformance sled` runs sled's clauses only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod suite;
+mod broken;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use sessioner::provider::{file::FileProvider, memory::MemoryProvider};
+use sessioner::provider::{ProviderContext, file::FileProvider, memory::MemoryProvider};
+use sessioner::testing::{block_on, fast_paths_agree};
 use sessioner::{Clock, Provider};
 
-conformance!(memory, {
-    let p: Arc<dyn Provider> = Arc::new(MemoryProvider::new(1_000_000, Clock::system()));
-    (p, ())
-});
-
-#[tokio::test]
-async fn memory_answers_at_once() {
-    let p: Arc<dyn Provider> = Arc::new(MemoryProvider::new(1_000_000, Clock::system()));
-    assert!(suite::answers_at_once_agree(p).await);
+fn memory() -> Arc<dyn Provider> {
+    Arc::new(MemoryProvider::new(1_000_000, Clock::system()))
 }
 
-#[cfg(feature = "sled")]
-#[tokio::test]
-async fn sled_answers_at_once() {
+/// A file provider in a fresh temporary directory, built by name with `config` after the path.
+fn file(suffix: &str) -> (Arc<dyn Provider>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let p: Arc<dyn Provider> = Arc::new(
-        sessioner::provider::sled::SledProvider::open(dir.path().join("db"), Clock::system())
-            .unwrap(),
-    );
-    assert!(suite::answers_at_once_agree(p).await);
+    let config = format!("{}{suffix}", dir.path().join("s").display());
+    let ctx = ProviderContext::new(config, Clock::system(), Duration::from_secs(3600));
+    (sessioner::provider::build("file", &ctx).unwrap(), dir)
 }
 
-conformance!(file, {
+sessioner::testing::conformance!(memory, (memory(), ()));
+
+sessioner::testing::conformance!(file, {
     let dir = tempfile::tempdir().unwrap();
     let p: Arc<dyn Provider> =
         Arc::new(FileProvider::open(dir.path().join("s"), Clock::system()).unwrap());
     (p, dir)
 });
 
-#[tokio::test]
-async fn file_answers_at_once_only_with_sync_lifecycle() {
-    let dir = tempfile::tempdir().unwrap();
-    let build = |config: String| {
-        let ctx = sessioner::provider::ProviderContext::new(
-            config,
-            Clock::system(),
-            std::time::Duration::from_secs(3600),
-        );
-        sessioner::provider::build("file", &ctx).unwrap()
-    };
-    let always = build(dir.path().join("a").display().to_string());
-    assert!(!suite::answers_at_once_agree(always).await);
-    let lifecycle = build(format!("{},sync=lifecycle", dir.path().join("l").display()));
-    assert!(suite::answers_at_once_agree(lifecycle).await);
-}
-
-conformance!(file_sync_lifecycle, {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = sessioner::provider::ProviderContext::new(
-        format!("{},sync=lifecycle", dir.path().join("s").display()),
-        Clock::system(),
-        std::time::Duration::from_secs(3600),
-    );
-    let p = sessioner::provider::build("file", &ctx).unwrap();
-    (p, dir)
-});
+sessioner::testing::conformance!(file_sync_lifecycle, file(",sync=lifecycle"));
 
 #[cfg(feature = "sled")]
-conformance!(sled, {
+sessioner::testing::conformance!(sled, {
     let dir = tempfile::tempdir().unwrap();
     let p: Arc<dyn Provider> = Arc::new(
         sessioner::provider::sled::SledProvider::open(dir.path().join("db"), Clock::system())
@@ -82,14 +51,47 @@ conformance!(sled, {
 mod redis_server;
 
 #[cfg(feature = "redis")]
-conformance!(redis, {
-    let server = redis_server::RedisServer::start();
-    let config = format!(
-        "{}?prefix={}",
-        server.url(),
-        redis_server::unique_prefix("conformance")
+sessioner::testing::conformance!(
+    redis,
+    {
+        let server = redis_server::RedisServer::start();
+        let config = format!(
+            "{}?prefix={}",
+            server.url(),
+            redis_server::unique_prefix("conformance")
+        );
+        let p: Arc<dyn Provider> = Arc::new(
+            sessioner::provider::redis::RedisProvider::new(&config, Clock::system()).unwrap(),
+        );
+        (p, server)
+    },
+    expiry = ByBackend
+);
+
+// The fast paths are optional; these backends promise them, so the clause is not vacuous.
+
+#[test]
+fn memory_answers_at_once() {
+    assert!(block_on(fast_paths_agree(memory())));
+}
+
+#[cfg(feature = "sled")]
+#[test]
+fn sled_answers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p: Arc<dyn Provider> = Arc::new(
+        sessioner::provider::sled::SledProvider::open(dir.path().join("db"), Clock::system())
+            .unwrap(),
     );
-    let p: Arc<dyn Provider> =
-        Arc::new(sessioner::provider::redis::RedisProvider::new(&config, Clock::system()).unwrap());
-    (p, server)
-});
+    assert!(block_on(fast_paths_agree(p)));
+}
+
+#[test]
+fn file_answers_at_once_only_with_sync_lifecycle() {
+    block_on(async {
+        let (always, _a) = file("");
+        assert!(!fast_paths_agree(always).await);
+        let (lifecycle, _l) = file(",sync=lifecycle");
+        assert!(fast_paths_agree(lifecycle).await);
+    });
+}
