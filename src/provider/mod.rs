@@ -42,8 +42,8 @@ pub enum Regenerated {
 /// A session storage backend.
 ///
 /// Every method takes a validated [`SessionId`]; persistent backends store records under
-/// [`SessionId::storage_key`]. The contract, which the conformance suite in `tests/` checks
-/// for every built-in backend:
+/// [`SessionId::storage_key`]. The contract, which the conformance suite (`sessioner::testing`,
+/// feature `testing`) checks for every built-in backend and yours can run too:
 ///
 /// | method | contract |
 /// |---|---|
