@@ -239,14 +239,14 @@ impl Browser {
 pub mod redis_server;
 
 /// A backend for one test: its options, and whatever must live as long as it (a temporary
-/// directory, a private redis-server).
+/// directory, nothing for redis: the binary shares one server).
 pub struct Backend {
     pub options: Options,
     pub guard: Box<dyn Any>,
 }
 
 /// The built-in backend `name` on fresh storage: `memory`, `file`, `file_sync_lifecycle`
-/// (the file provider with `sync=lifecycle`), `sled`, `redis` (a private redis-server).
+/// (the file provider with `sync=lifecycle`), `sled`, `redis` (the test binary's shared redis-server, a prefix of its own).
 pub fn backend(name: &str) -> Backend {
     let (provider, provider_config, guard): (&str, String, Box<dyn Any>) = match name {
         "memory" => ("memory", String::new(), Box::new(())),
@@ -268,10 +268,9 @@ pub fn backend(name: &str) -> Backend {
         }
         #[cfg(feature = "redis")]
         "redis" => {
-            let server = redis_server::RedisServer::start();
             let prefix = redis_server::unique_prefix("http");
-            let config = format!("{}?prefix={prefix}", server.url());
-            ("redis", config, Box::new(server))
+            let config = format!("{}?prefix={prefix}", redis_server::shared_url());
+            ("redis", config, Box::new(()))
         }
         other => panic!("no built-in backend {other:?} in this build"),
     };

@@ -54,16 +54,15 @@ mod redis_server;
 sessioner::testing::conformance!(
     redis,
     {
-        let server = redis_server::RedisServer::start();
         let config = format!(
             "{}?prefix={}",
-            server.url(),
+            redis_server::shared_url(),
             redis_server::unique_prefix("conformance")
         );
         let p: Arc<dyn Provider> = Arc::new(
             sessioner::provider::redis::RedisProvider::new(&config, Clock::system()).unwrap(),
         );
-        (p, server)
+        (p, ())
     },
     expiry = ByBackend
 );

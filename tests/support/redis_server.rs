@@ -10,8 +10,9 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -37,7 +38,7 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("temporary directory for redis-server");
         for _ in 0..10 {
             let port = free_port();
-            if let Some(child) = spawn(port, dir.path(), extra) {
+            if let Some(child) = run(port, dir.path(), extra) {
                 return RedisServer {
                     child: Some(child),
                     port,
@@ -72,7 +73,7 @@ impl RedisServer {
         self.stop();
         let deadline = Instant::now() + STARTUP;
         while self.child.is_none() {
-            self.child = spawn(self.port, self.dir.path(), &self.extra);
+            self.child = run(self.port, self.dir.path(), &self.extra);
             if self.child.is_some() {
                 break;
             }
@@ -90,6 +91,32 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The URL of one server shared by every test of this test binary that needs only a redis
+/// (each under its own [`unique_prefix`]); tests that stop or pause their server start their
+/// own. The server is started under `sh`, which holds the read end of a pipe whose write end
+/// only this process holds: when the process ends, however it ends, `sh` reads end-of-file
+/// and kills the server.
+pub fn shared_url() -> String {
+    static SHARED: OnceLock<(u16, Mutex<ChildStdin>, TempDir)> = OnceLock::new();
+    let (port, _, _) = SHARED.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temporary directory for redis-server");
+        for _ in 0..10 {
+            let port = free_port();
+            let mut command = Command::new("sh");
+            command
+                .args(["-c", r#"redis-server "$@" & read _; kill $!"#, "sh"])
+                .args(server_args(port, dir.path(), &[]))
+                .stdin(Stdio::piped());
+            if let Some(mut child) = spawn(port, dir.path(), command) {
+                let stdin = child.stdin.take().expect("the watchdog's pipe");
+                return (port, Mutex::new(stdin), dir);
+            }
+        }
+        panic!("could not start the shared redis-server on a free port");
+    });
+    format!("redis://127.0.0.1:{port}/0")
 }
 
 /// A prefix no other test uses.
@@ -127,23 +154,37 @@ fn ping(port: u16) -> bool {
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
-/// Runs redis-server on `port`; `None` if it exits or does not answer in time.
-fn spawn(port: u16, dir: &Path, extra: &[String]) -> Option<Child> {
+/// The arguments of a private redis-server on `port`, logging into `dir`.
+fn server_args(port: u16, dir: &Path, extra: &[String]) -> Vec<String> {
     assert_ne!(port, 6379, "never touch the shared redis on 6379");
+    let mut args: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
+        .into_iter()
+        .chain(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .map(String::from)
+        .collect();
+    args.extend(["--dir".into(), dir.display().to_string()]);
+    args.extend([
+        "--logfile".into(),
+        dir.join("redis.log").display().to_string(),
+    ]);
+    args.extend(extra.iter().cloned());
+    args
+}
+
+/// Runs redis-server on `port`; `None` if it exits or does not answer in time.
+fn run(port: u16, dir: &Path, extra: &[String]) -> Option<Child> {
+    let mut command = Command::new("redis-server");
+    command
+        .args(server_args(port, dir, extra))
+        .stdin(Stdio::null());
+    spawn(port, dir, command)
+}
+
+/// Spawns `command` (a redis-server on `port`, logging into `dir`) and waits until it answers
+/// `PING`; `None` if it exits or does not answer in time.
+fn spawn(port: u16, dir: &Path, mut command: Command) -> Option<Child> {
     let log = dir.join("redis.log");
-    let spawned = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port"])
-        .arg(port.to_string())
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .arg("--logfile")
-        .arg(&log)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
+    let spawned = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
