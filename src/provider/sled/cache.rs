@@ -1,0 +1,289 @@
+//! The write-behind cache.
+//!
+//! The write-behind cache: sled locks its directory, so this provider is the only writer of
+//! its trees, and an in-process cache of decoded records is coherent. The cache is split in
+//! 64 shards, each behind a mutex that is also the lock of every key in it: every read into
+//! the cache, every write of one of its keys to sled and every change of its entries
+//! happens under that lock, so for a cached key the cache is the truth and sled holds the
+//! same record or an older version of it. `load` answers from the cache (an expired entry
+//! reads as `None`); on a miss it reads and decodes the record and caches it. `save` applies
+//! the change set to the cached record (loading it first on a miss) and marks it dirty; a
+//! missing or expired record is `false` and nothing is written, so a save never re-creates a
+//! destroyed, expired or regenerated session. A writer thread stores the dirty records
+//! every 500 ms, each under its key's lock and only over a record sled still holds, with
+//! the index rules above, then flushes: the saves of one session between two passes become
+//! one write. `create`, `destroy` and `regenerate` take the key's lock (both keys', in
+//! shard order, for `regenerate`), first write that key's dirty record, then act on sled as
+//! described above and update the cache, so the writer can never store a stale copy of a
+//! session they removed. `count` and `gc` write the dirty records first; `gc` also judges
+//! each expired candidate under its key's lock after writing a newer cached version, so a
+//! deadline that a save extended after that pass is not lost, and drops the cache entries of
+//! the records it deletes. The cache holds at most about [`DEFAULT_CACHE_CAPACITY`] sessions
+//! (100,000; [`SledProvider::open_with_cache`], or `cache=N` in the configuration), bounded
+//! per shard: a full shard evicts a clean entry, or writes a dirty one to sled first (if
+//! that write fails the new record is simply not cached, and a save writes through).
+//! [`SledProvider::persist`] runs a pass on demand. Dropping the provider (its last handle)
+//! writes the dirty records and flushes, logging a failure; the writer thread holds the
+//! provider only weakly, and stops when it is dropped. It is a plain thread, so building
+//! the provider needs no tokio runtime.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{MutexGuard, Weak};
+use std::time::Duration;
+
+use ::sled::IVec;
+
+use super::Inner;
+use crate::error::Result;
+use crate::provider::Regenerated;
+use crate::record::{ChangeSet, Record, peek_expiry};
+
+/// The cache is split into this many independently locked shards (fewer for a tiny bound).
+pub(super) const SHARDS: usize = 64;
+/// How long a saved change may wait in the cache before the writer stores it in sled.
+pub(super) const WRITE_BEHIND: Duration = Duration::from_millis(500);
+/// How many entries an eviction looks at for a clean one before writing a dirty one out.
+pub(super) const EVICTION_SCAN: usize = 16;
+
+/// One cached session.
+pub(super) struct Entry {
+    record: Record,
+    /// Changed by saves since it was last stored in sled.
+    dirty: bool,
+}
+
+/// One lock's share of the cache. Its mutex is also the per-key lock of every key in it:
+/// every read into the cache and every write to sled of one of its keys happens under it.
+#[derive(Default)]
+pub(super) struct Shard {
+    pub(super) map: HashMap<String, Entry>,
+    /// Keys that became dirty since the writer last took the list (possibly stale: a key
+    /// destroyed meanwhile is skipped).
+    dirty: Vec<String>,
+}
+
+/// The writer thread: every [`WRITE_BEHIND`], stores the dirty records in sled and flushes
+/// them; stops as soon as the provider is gone (its sender dropped, or nothing to upgrade).
+pub(super) fn write_behind(inner: &Weak<Inner>, stop: &mpsc::Receiver<()>) {
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(WRITE_BEHIND) {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let written = inner.write_dirty().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "sled write-behind failed; the changes stay cached and are retried");
+            0
+        });
+        if written > 0
+            && let Err(e) = inner.db.flush()
+        {
+            tracing::warn!(error = %e, "sled write-behind flush failed");
+        }
+    }
+}
+
+/// The cache: every operation on a key holds its shard's lock, so for a cached key the
+/// cache is the truth and sled holds the same record or an older version of it.
+impl Inner {
+    pub(super) fn shard_of(&self, key: &[u8]) -> usize {
+        // Storage keys are hex digests: any few bytes spread evenly.
+        let h = key.iter().take(8).fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        usize::try_from(h % self.shards.len() as u64).unwrap_or(0)
+    }
+
+    pub(super) fn lock_index(&self, index: usize) -> MutexGuard<'_, Shard> {
+        match self.shards.get(index).unwrap_or(&self.shards[0]).lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The lock of `key`'s shard.
+    pub(super) fn lock(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
+        self.lock_index(self.shard_of(key))
+    }
+
+    /// Stores `record` in sled under `key` with the expiry index rules of a save, but only
+    /// over a record that is there: a key sled no longer holds is never re-created. Returns
+    /// whether it wrote. The caller holds `key`'s lock.
+    pub(super) fn write_back(&self, key: &[u8], record: &Record) -> Result<bool> {
+        let encoded = IVec::from(record.encode());
+        let to = self.bucket(record.expires_at);
+        let mut current = self.get(key)?;
+        loop {
+            let Some(bytes) = current else {
+                return Ok(false);
+            };
+            let from = peek_expiry(&bytes).ok().map(|d| self.bucket(d));
+            if from != Some(to) {
+                self.index(to, key)?;
+            }
+            match self.swap(key, Some(&bytes), Some(encoded.clone()))? {
+                Ok(()) => {
+                    if from != Some(to) {
+                        self.reindex(key, from, to)?;
+                    }
+                    return Ok(true);
+                }
+                Err(found) => current = found,
+            }
+        }
+    }
+
+    /// Writes `key`'s cached record to sled if it is dirty (dropping it from the cache if
+    /// sled no longer holds the key). Returns whether it wrote.
+    pub(super) fn write_entry(&self, shard: &mut Shard, key: &str) -> Result<bool> {
+        let Some(entry) = shard.map.get_mut(key).filter(|e| e.dirty) else {
+            return Ok(false);
+        };
+        if self.write_back(key.as_bytes(), &entry.record)? {
+            entry.dirty = false;
+            Ok(true)
+        } else {
+            shard.map.remove(key);
+            Ok(false)
+        }
+    }
+
+    /// Writes every dirty record to sled, one key at a time under its lock; returns how
+    /// many. Keys whose write failed stay dirty (the first error is returned).
+    pub(super) fn write_dirty(&self) -> Result<usize> {
+        let mut written = 0;
+        let mut failed = None;
+        for index in 0..self.shards.len() {
+            let keys = std::mem::take(&mut self.lock_index(index).dirty);
+            let mut keys = keys.into_iter();
+            while let Some(key) = keys.next() {
+                let mut shard = self.lock_index(index);
+                match self.write_entry(&mut shard, &key) {
+                    Ok(w) => written += usize::from(w),
+                    Err(e) => {
+                        shard.dirty.push(key);
+                        shard.dirty.extend(keys);
+                        failed.get_or_insert(e);
+                        break;
+                    }
+                }
+            }
+        }
+        failed.map_or(Ok(written), Err)
+    }
+
+    /// Caches a clean `record` under `key`, evicting another entry of a full shard (written
+    /// to sled first if dirty). Returns whether it cached (not if that write failed).
+    pub(super) fn cache(&self, shard: &mut Shard, key: &str, record: Record) -> bool {
+        if !shard.map.contains_key(key) && shard.map.len() >= self.per_shard {
+            let victim = shard
+                .map
+                .iter()
+                .take(EVICTION_SCAN)
+                .find(|(_, e)| !e.dirty)
+                .or_else(|| shard.map.iter().next())
+                .map(|(k, _)| k.clone());
+            if let Some(victim) = victim {
+                if let Err(e) = self.write_entry(shard, &victim) {
+                    tracing::warn!(error = %e, "sled cache eviction could not write a session");
+                    return false;
+                }
+                shard.map.remove(&victim);
+            }
+        }
+        shard.map.insert(
+            key.to_owned(),
+            Entry {
+                record,
+                dirty: false,
+            },
+        );
+        true
+    }
+
+    pub(super) fn load(&self, key: &str) -> Result<Option<Record>> {
+        let now = self.clock.now_ms();
+        let mut shard = self.lock(key.as_bytes());
+        if let Some(entry) = shard.map.get(key) {
+            return Ok((!entry.record.is_expired(now)).then(|| entry.record.clone()));
+        }
+        let Some(record) = self.read_live(key.as_bytes())? else {
+            return Ok(None);
+        };
+        self.cache(&mut shard, key, record.clone());
+        Ok(Some(record))
+    }
+
+    pub(super) fn save(&self, key: &str, changes: &ChangeSet) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let mut guard = self.lock(key.as_bytes());
+        let shard = &mut *guard;
+        if !shard.map.contains_key(key) {
+            let Some(record) = self.read_live(key.as_bytes())? else {
+                return Ok(false);
+            };
+            if !self.cache(shard, key, record) {
+                return self.save_stored(key.as_bytes(), changes);
+            }
+        }
+        let Some(entry) = shard.map.get_mut(key) else {
+            return Ok(false);
+        };
+        if entry.record.is_expired(now) {
+            return Ok(false);
+        }
+        entry.record.apply(changes);
+        if !entry.dirty {
+            entry.dirty = true;
+            shard.dirty.push(key.to_owned());
+        }
+        Ok(true)
+    }
+
+    pub(super) fn create(&self, key: &str, record: &Record) -> Result<bool> {
+        let mut shard = self.lock(key.as_bytes());
+        // sled must hold what the cache knows before it judges whether the id is taken.
+        self.write_entry(&mut shard, key)?;
+        if !self.create_stored(key.as_bytes(), record)? {
+            return Ok(false);
+        }
+        // Replaces a cached dead record in place (no eviction for a key already held).
+        self.cache(&mut shard, key, record.clone());
+        Ok(true)
+    }
+
+    /// Deletes the record from sled, then from the cache (unwritten changes die with it).
+    pub(super) fn destroy(&self, key: &str) -> Result<bool> {
+        let mut shard = self.lock(key.as_bytes());
+        let stored = self.destroy_stored(key.as_bytes())?;
+        let cached = shard.map.remove(key).is_some();
+        Ok(stored || cached)
+    }
+
+    /// Holds both keys' locks (in shard order), writes their dirty records, moves the
+    /// record in sled, then moves the cache entry along.
+    pub(super) fn regenerate(&self, old: &str, new: &str) -> Result<Regenerated> {
+        let (a, b) = (self.shard_of(old.as_bytes()), self.shard_of(new.as_bytes()));
+        let mut first = self.lock_index(a.min(b));
+        let mut second = (a != b).then(|| self.lock_index(a.max(b)));
+        // The shard of `key`'s index among the two held.
+        macro_rules! shard {
+            ($index:expr) => {
+                match second.as_deref_mut() {
+                    Some(s) if $index == a.max(b) => s,
+                    _ => &mut *first,
+                }
+            };
+        }
+        self.write_entry(shard!(a), old)?;
+        self.write_entry(shard!(b), new)?;
+        let outcome = self.regenerate_stored(old.as_bytes(), new.as_bytes())?;
+        if outcome != Regenerated::Collision {
+            let moving = shard!(a).map.remove(old);
+            shard!(b).map.remove(new);
+            if let (Regenerated::Moved, Some(entry)) = (outcome, moving) {
+                self.cache(shard!(b), new, entry.record);
+            }
+        }
+        Ok(outcome)
+    }
+}
