@@ -1,35 +1,35 @@
-//! The write-behind cache.
+//! The write-behind cache of decoded records.
 //!
-//! The write-behind cache: sled locks its directory, so this provider is the only writer of
-//! its trees, and an in-process cache of decoded records is coherent. The cache is split in
-//! 64 shards, each behind a mutex that is also the lock of every key in it: every read into
-//! the cache, every write of one of its keys to sled and every change of its entries
-//! happens under that lock, so for a cached key the cache is the truth and sled holds the
-//! same record or an older version of it. `load` answers from the cache (an expired entry
-//! reads as `None`); on a miss it reads and decodes the record and caches it. `save` applies
-//! the change set to the cached record (loading it first on a miss) and marks it dirty; a
-//! missing or expired record is `false` and nothing is written, so a save never re-creates a
-//! destroyed, expired or regenerated session. A writer thread stores the dirty records
-//! every 500 ms, each under its key's lock and only over a record sled still holds, with
-//! the index rules above, then flushes: the saves of one session between two passes become
-//! one write. `create`, `destroy` and `regenerate` take the key's lock (both keys', in
-//! shard order, for `regenerate`), first write that key's dirty record, then act on sled as
-//! described above and update the cache, so the writer can never store a stale copy of a
-//! session they removed. `count` and `gc` write the dirty records first; `gc` also judges
-//! each expired candidate under its key's lock after writing a newer cached version, so a
-//! deadline that a save extended after that pass is not lost, and drops the cache entries of
-//! the records it deletes. The cache holds at most about [`DEFAULT_CACHE_CAPACITY`] sessions
-//! (100,000; [`SledProvider::open_with_cache`], or `cache=N` in the configuration), bounded
-//! per shard: a full shard evicts a clean entry, or writes a dirty one to sled first (if
-//! that write fails the new record is simply not cached, and a save writes through).
-//! [`SledProvider::persist`] runs a pass on demand. Dropping the provider (its last handle)
-//! writes the dirty records and flushes, logging a failure; the writer thread holds the
-//! provider only weakly, and stops when it is dropped. It is a plain thread, so building
-//! the provider needs no tokio runtime.
+//! Invariants:
+//! - sled locks its directory, so the provider is the only writer of its trees and an
+//!   in-process cache is coherent.
+//! - The cache is split into [`SHARDS`] shards (fewer for a tiny bound), each behind a mutex
+//!   that is also the lock of every key in it: every read into the cache, every write of one
+//!   of its keys to sled and every change of its entries happens under it. So for a cached
+//!   key the cache is the truth, and sled holds the same record or an older one.
+//! - `load` answers from the cache (an expired entry reads as `None`); a miss reads and
+//!   decodes the record and caches it.
+//! - `save` applies the change set to the cached record (caching it first on a miss) and
+//!   marks it dirty; a missing or expired record is `false` and nothing is written.
+//! - The writer thread stores the dirty records every [`WRITE_BEHIND`], each under its key's
+//!   lock and only over a record sled still holds, then flushes with no lock held: the saves
+//!   of one session between two passes become one write. It holds the provider weakly and
+//!   stops when the provider is dropped.
+//! - `create`, `destroy` and `regenerate` take the key's lock (both keys', in shard order,
+//!   for `regenerate`), write that key's dirty record, act on sled, then update the cache:
+//!   the writer never stores a stale copy of a session they removed.
+//! - `count` and `gc` write the dirty records first; `gc` judges each expired candidate
+//!   under its key's lock after writing a newer cached version, and drops the cache entries
+//!   of the records it deletes.
+//! - A full shard evicts a clean entry, or writes a dirty one to sled first (if that write
+//!   fails, the new record is not cached and a save writes through).
+//! - On the async worker (`load_now`, `save_now`) a shard is only `try_lock`ed and nothing
+//!   is written to sled: a busy shard, or a save whose record could only be cached by
+//!   writing a dirty entry out, is `None` and left to the blocking pool.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{MutexGuard, Weak};
+use std::sync::{MutexGuard, TryLockError, Weak};
 use std::time::Duration;
 
 use ::sled::IVec;
@@ -63,10 +63,11 @@ pub(super) struct Shard {
     dirty: Vec<String>,
 }
 
-/// The writer thread: every [`WRITE_BEHIND`], stores the dirty records in sled and flushes
-/// them; stops as soon as the provider is gone (its sender dropped, or nothing to upgrade).
-pub(super) fn write_behind(inner: &Weak<Inner>, stop: &mpsc::Receiver<()>) {
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(WRITE_BEHIND) {
+/// The writer thread: every `pass_every` ([`WRITE_BEHIND`]), stores the dirty records in
+/// sled and flushes them; stops as soon as the provider is gone (its sender dropped, or
+/// nothing to upgrade).
+pub(super) fn write_behind(inner: &Weak<Inner>, stop: &mpsc::Receiver<()>, pass_every: Duration) {
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(pass_every) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -80,6 +81,35 @@ pub(super) fn write_behind(inner: &Weak<Inner>, stop: &mpsc::Receiver<()>) {
             tracing::warn!(error = %e, "sled write-behind flush failed");
         }
     }
+}
+
+/// Whether a cache operation may write to sled: not on an async worker.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    Allowed,
+    Never,
+}
+
+/// The cached record under `key` as `load` sees it (an expired one reads as `None`); `None`
+/// if the key is not cached.
+fn cached(shard: &Shard, key: &str, now: u64) -> Option<Option<Record>> {
+    let entry = shard.map.get(key)?;
+    Some((!entry.record.is_expired(now)).then(|| entry.record.clone()))
+}
+
+/// Applies `changes` to the cached record under `key` and marks it dirty: whether it was
+/// live (an expired one is left alone); `None` if the key is not cached.
+fn apply(shard: &mut Shard, key: &str, changes: &ChangeSet, now: u64) -> Option<bool> {
+    let entry = shard.map.get_mut(key)?;
+    if entry.record.is_expired(now) {
+        return Some(false);
+    }
+    entry.record.apply(changes);
+    if !entry.dirty {
+        entry.dirty = true;
+        shard.dirty.push(key.to_owned());
+    }
+    Some(true)
 }
 
 /// The cache: every operation on a key holds its shard's lock, so for a cached key the
@@ -103,6 +133,15 @@ impl Inner {
     /// The lock of `key`'s shard.
     pub(super) fn lock(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
         self.lock_index(self.shard_of(key))
+    }
+
+    /// The lock of `key`'s shard, if no one holds it.
+    fn try_lock(&self, key: &[u8]) -> Option<MutexGuard<'_, Shard>> {
+        match self.shards.get(self.shard_of(key))?.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Stores `record` in sled under `key` with the expiry index rules of a save, but only
@@ -174,21 +213,34 @@ impl Inner {
     /// Caches a clean `record` under `key`, evicting another entry of a full shard (written
     /// to sled first if dirty). Returns whether it cached (not if that write failed).
     pub(super) fn cache(&self, shard: &mut Shard, key: &str, record: Record) -> bool {
+        self.insert(shard, key, record, Writes::Allowed)
+    }
+
+    /// [`cache`](Inner::cache), but with [`Writes::Never`] only a clean entry is evicted:
+    /// `false` (not cached) if none of the entries looked at is clean.
+    fn insert(&self, shard: &mut Shard, key: &str, record: Record, writes: Writes) -> bool {
         if !shard.map.contains_key(key) && shard.map.len() >= self.per_shard {
             let victim = shard
                 .map
                 .iter()
                 .take(EVICTION_SCAN)
                 .find(|(_, e)| !e.dirty)
-                .or_else(|| shard.map.iter().next())
+                .or_else(|| {
+                    shard
+                        .map
+                        .iter()
+                        .next()
+                        .filter(|_| writes == Writes::Allowed)
+                })
                 .map(|(k, _)| k.clone());
-            if let Some(victim) = victim {
-                if let Err(e) = self.write_entry(shard, &victim) {
-                    tracing::warn!(error = %e, "sled cache eviction could not write a session");
-                    return false;
-                }
-                shard.map.remove(&victim);
+            let Some(victim) = victim else {
+                return false;
+            };
+            if let Err(e) = self.write_entry(shard, &victim) {
+                tracing::warn!(error = %e, "sled cache eviction could not write a session");
+                return false;
             }
+            shard.map.remove(&victim);
         }
         shard.map.insert(
             key.to_owned(),
@@ -200,43 +252,67 @@ impl Inner {
         true
     }
 
+    /// `load` on the async worker: `None` if `key`'s lock is taken (the caller then runs
+    /// [`load`](Inner::load) on the blocking pool). Never writes to sled.
+    pub(super) fn load_now(&self, key: &str) -> Option<Result<Option<Record>>> {
+        let mut shard = self.try_lock(key.as_bytes())?;
+        Some(self.load_in(&mut shard, key, Writes::Never))
+    }
+
     pub(super) fn load(&self, key: &str) -> Result<Option<Record>> {
-        let now = self.clock.now_ms();
-        let mut shard = self.lock(key.as_bytes());
-        if let Some(entry) = shard.map.get(key) {
-            return Ok((!entry.record.is_expired(now)).then(|| entry.record.clone()));
+        self.load_in(&mut self.lock(key.as_bytes()), key, Writes::Allowed)
+    }
+
+    /// From the cache, or else from sled (then cached if that needs no write under `writes`).
+    fn load_in(&self, shard: &mut Shard, key: &str, writes: Writes) -> Result<Option<Record>> {
+        if let Some(found) = cached(shard, key, self.clock.now_ms()) {
+            return Ok(found);
         }
         let Some(record) = self.read_live(key.as_bytes())? else {
             return Ok(None);
         };
-        self.cache(&mut shard, key, record.clone());
+        self.insert(shard, key, record.clone(), writes);
         Ok(Some(record))
     }
 
+    /// `save` on the async worker: `None` if `key`'s lock is taken, or if the record is not
+    /// cached and caching it would mean writing another one out (the caller then runs
+    /// [`save`](Inner::save) on the blocking pool). Never writes to sled.
+    pub(super) fn save_now(&self, key: &str, changes: &ChangeSet) -> Option<Result<bool>> {
+        let mut shard = self.try_lock(key.as_bytes())?;
+        self.save_in(&mut shard, key, changes, Writes::Never)
+            .transpose()
+    }
+
     pub(super) fn save(&self, key: &str, changes: &ChangeSet) -> Result<bool> {
-        let now = self.clock.now_ms();
-        let mut guard = self.lock(key.as_bytes());
-        let shard = &mut *guard;
+        let mut shard = self.lock(key.as_bytes());
+        Ok(self
+            .save_in(&mut shard, key, changes, Writes::Allowed)?
+            .unwrap_or(false))
+    }
+
+    /// Applies `changes` to the cached record, caching it from sled first on a miss. If it
+    /// cannot be cached: with [`Writes::Allowed`] the save is written through to sled, with
+    /// [`Writes::Never`] it is `None` (nothing done).
+    fn save_in(
+        &self,
+        shard: &mut Shard,
+        key: &str,
+        changes: &ChangeSet,
+        writes: Writes,
+    ) -> Result<Option<bool>> {
         if !shard.map.contains_key(key) {
             let Some(record) = self.read_live(key.as_bytes())? else {
-                return Ok(false);
+                return Ok(Some(false));
             };
-            if !self.cache(shard, key, record) {
-                return self.save_stored(key.as_bytes(), changes);
+            if !self.insert(shard, key, record, writes) {
+                return match writes {
+                    Writes::Allowed => self.save_stored(key.as_bytes(), changes).map(Some),
+                    Writes::Never => Ok(None),
+                };
             }
         }
-        let Some(entry) = shard.map.get_mut(key) else {
-            return Ok(false);
-        };
-        if entry.record.is_expired(now) {
-            return Ok(false);
-        }
-        entry.record.apply(changes);
-        if !entry.dirty {
-            entry.dirty = true;
-            shard.dirty.push(key.to_owned());
-        }
-        Ok(true)
+        Ok(apply(shard, key, changes, self.clock.now_ms()))
     }
 
     pub(super) fn create(&self, key: &str, record: &Record) -> Result<bool> {

@@ -1,27 +1,23 @@
 //! The expiry index and GC.
 //!
-//! The expiry index is therefore a hint that cannot change atomically with the record.
-//! Its key is a coarse deadline followed by the storage key: the record's idle deadline
-//! rounded up to a bucket of a tenth of `max_lifetime` (big-endian milliseconds, so keys
-//! sort by time), so an ordinary save, which pushes the deadline forward, writes the index
-//! only when the deadline crosses into another bucket: once every tenth of a lifetime per
-//! session, not on every request. A writer adds the new entry before it swaps the record
-//! (so an interruption between the two leaves at worst a stale entry, never an unindexed
-//! record), makes sure it is still there after the swap, and removes the old entry
-//! afterwards; whoever removes an entry reads the record again and puts the entry back if a
-//! concurrent writer just moved the record into that bucket. Entries may thus be stale,
-//! orphaned or duplicated: `gc` judges each one against the record's own deadline, keeping
-//! an entry only while its record is live and the entry is not before its deadline. A
-//! bucket is never before the deadline it stands for, so every record expired by now has an
-//! entry at or before the current bucket: `gc` walks exactly those entries, deletes the
-//! expired (or damaged) records, keeps the entries of the live records of the current
-//! bucket (typically a tenth of the live sessions, whose headers it reads), and drops the
-//! others. So `gc` still deletes every record expired when it runs, with no lag. (Entries
-//! written with a wider bucket, under a larger `max_lifetime` before a restart, stay valid
-//! and may be collected up to one of those buckets late; entries of older versions, which
-//! held the exact deadline, are buckets of their own.) [`count`](Provider::count) does not
-//! trust the index: it walks the records and reads each one's deadline from its header,
-//! without decoding the values.
+//! Invariants:
+//! - An index key is a bucket followed by the storage key: the record's idle deadline
+//!   rounded up to a multiple of a tenth of `max_lifetime` (big-endian milliseconds, so keys
+//!   sort by time). A bucket is never before the deadline it stands for.
+//! - An ordinary save, which pushes the deadline forward, writes the index only when the
+//!   deadline crosses into another bucket: once every tenth of a lifetime per session.
+//! - The index cannot change atomically with the record: it is a hint. A writer adds the new
+//!   entry before it swaps the record (an interruption leaves a stale entry, never an
+//!   unindexed record), makes sure it is still there after the swap, then removes the old
+//!   one; whoever removes an entry reads the record again and puts the entry back if a
+//!   concurrent writer moved the record into that bucket.
+//! - Entries may be stale, orphaned or duplicated: `gc` judges each against its record's own
+//!   deadline. Every record expired by now has an entry at or before the current bucket, so
+//!   `gc` walks exactly those, deletes the expired (or damaged) records, but only if each is
+//!   still the expired one it read, keeps the entries of the live records of the current
+//!   bucket, and drops the others. `gc` thus deletes every record expired when it runs.
+//! - Entries written under a larger `max_lifetime` (wider buckets) stay valid, and may be
+//!   collected up to one of those buckets late.
 
 use std::ops::Bound;
 
@@ -76,7 +72,7 @@ impl Inner {
     }
 
     /// After a successful swap put a record of bucket `to` under `key` (replacing one of
-    /// bucket `from`, if any): makes sure its entry exists (a concurrent [`unindex`] may
+    /// bucket `from`, if any): makes sure its entry exists (a concurrent [`unindex`](Inner::unindex) may
     /// have taken the one added before the swap) and drops the previous one.
     pub(super) fn reindex(&self, key: &[u8], from: Option<u64>, to: u64) -> Result<()> {
         self.index(to, key)?;

@@ -4,46 +4,54 @@
 //! `ledis` provider was the embedded store of its time).
 //!
 //! ProviderConfig: the data directory (e.g. `data/sessions.sled`), or macaron's
-//! `data_dir=data/sessions.sled` (a trailing `,db=N` is accepted and ignored: the directory
-//! is the namespace; `,cache=N` bounds the cache described below, in sessions). The
-//! directory is created with mode `0700` if missing. sled holds an exclusive lock on it, so
-//! a directory another process (or another provider in this process) has open is refused
-//! when the provider is built, with
-//! [`Error::ProviderConfig`].
+//! `data_dir=data/sessions.sled[,db=N][,cache=N]` (`db` is accepted and ignored: the
+//! directory is the namespace; `cache` bounds the write-behind cache, in sessions).
 //!
-//! Layout: one tree maps [`SessionId::storage_key`] (the SHA-256 of the id, never the id) to
-//! the [`Record::encode`]d record; a second tree indexes the records by expiry, so
-//! [`gc`](Provider::gc) finds expired records in key order, in bounded batches, without
-//! reading live sessions far from expiry.
+//! Invariants:
+//! - Records are stored under [`SessionId::storage_key`] (the SHA-256 of the id, never the
+//!   id), [`Record::encode`]d; a second tree indexes them by expiry, so
+//!   [`gc`](Provider::gc) deletes every record expired when it runs, in bounded batches,
+//!   without reading live sessions far from expiry.
+//! - The directory is created with mode `0700` if missing. sled locks it: a directory
+//!   another process (or another provider in this process) has open is
+//!   [`Error::ProviderConfig`] when the provider is built.
+//! - Every write is a single-key compare-and-swap, never a sled transaction: concurrent
+//!   saves changing different keys of one session all survive, a save never re-creates a
+//!   destroyed, expired or regenerated session, and the old id is dead once `regenerate`
+//!   returns.
+//! - A write-behind cache of decoded records, about [`DEFAULT_CACHE_CAPACITY`] sessions
+//!   ([`SledProvider::open_with_cache`], or `cache=N`), is the truth for the keys it holds;
+//!   a writer thread stores the changed ones in sled every 500 ms.
 //!
-//! Durability: `create`, `regenerate` and `destroy` return only after
-//! [`flush_async`](::sled::Tree::flush_async) has written and `fsync`ed them, so a login or a
-//! logout survives a crash. An ordinary `save` reaches sled at the writer's next pass, at
-//! most 500 ms later (plus the time a pass takes), and the pass ends with a flush: a crash
-//! can lose the value changes of the last half second or so, as before the cache, never a
-//! session's existence or its death.
+//! Durability:
+//! - `create`, `regenerate` and `destroy` return only after
+//!   [`flush_async`](::sled::Tree::flush_async) has written and `fsync`ed them: a login or a
+//!   logout survives a crash.
+//! - An ordinary `save` reaches the disk at the writer's next pass (at most 500 ms later,
+//!   plus the time a pass takes), which ends with a flush: a crash can lose the value
+//!   changes of the last half second or so, never a session's existence or its death.
+//! - [`SledProvider::persist`] runs a pass now; dropping the provider (its last handle)
+//!   runs one too, logging a failure.
 //!
-//! Where the work runs: `load` and `save`, the calls of every request, run inline on the
-//! async worker (and answer through [`Provider::load_now`] and [`Provider::save_now`]): a
-//! cache hit is a mutex, a hash lookup and a record clone or merge. A miss reads sled
-//! inline: no transaction ever runs in this process's sled, so its reads take no lock
-//! shared with other requests or with the flusher (only an atomic counter, and epoch-based
-//! reclamation), and the disk is waited for only when a page evicted from sled's cache
-//! (1 GiB by default) is read back. An eviction may write one record inline (an append to
-//! sled's in-memory log). Handing these microseconds to tokio's blocking pool cost more
-//! than the work itself (about twice the CPU per request, measured with `scripts/bench`).
-//! An inline call cannot be timed out; the equivalent bound is sled's own: a failed disk
-//! write poisons the database, after which every write fails at once with
-//! [`Error::Backend`] instead of waiting. `create`, `regenerate`, `destroy` (rare, and
-//! followed by a flush), `count`, `gc` and [`SledProvider::persist`] run on tokio's
-//! blocking pool, bounded by a timeout ([`Error::Unavailable`] when it expires; the blocked
-//! thread itself finishes its call); their flush is bounded by the same timeout. They hold
-//! a shard's lock only for one key's sled operations, never across a flush. Opening the
-//! database happens when the provider is built (configuration time) and blocks the calling
-//! thread while sled recovers its log. Note that sled's lock mode is process-wide: any
-//! other code in the process that runs a sled transaction, `apply_batch` or `checksum`, on
-//! any sled database, puts these calls back behind sled's global lock (still correct, only
-//! slower).
+//! Where the work runs (no async worker waits for a lock held across sled I/O):
+//! - `load` and `save`, the calls of every request, are answered on the async worker
+//!   ([`Provider::load_now`], [`Provider::save_now`]) only if the session's cache shard is
+//!   free (`try_lock`): a hit is a hash lookup and a record clone or merge; a miss reads
+//!   sled (reads take no lock shared with writers or the flusher; the disk is read only for
+//!   a page evicted from sled's own cache, 1 GiB by default) and caches the record if that
+//!   evicts a clean entry. Nothing on the worker writes to sled or waits for a lock.
+//! - A held shard (a writer pass, `gc` or a lifecycle call on one of its keys), or a save
+//!   whose record could only be cached by writing another one out, sends the call to tokio's
+//!   blocking pool.
+//! - `create`, `regenerate`, `destroy`, `count`, `gc`, [`SledProvider::persist`] and those
+//!   fallbacks run on the blocking pool, bounded by a timeout ([`Error::Unavailable`] when
+//!   it expires; the blocked thread finishes its call). Flushes run on sled's own threads,
+//!   bounded by the same timeout, with no shard lock held.
+//! - Building the provider opens the database and blocks the calling thread while sled
+//!   recovers its log; it needs no tokio runtime.
+//! - sled's lock mode is process-wide: other code in the process that runs a sled
+//!   transaction, `apply_batch` or `checksum`, on any sled database, puts these calls behind
+//!   sled's global lock (still correct, only slower).
 
 use std::fmt;
 use std::fs;
@@ -67,7 +75,7 @@ mod cache;
 mod expiry;
 mod records;
 
-use cache::{SHARDS, Shard, write_behind};
+use cache::{SHARDS, Shard, WRITE_BEHIND, write_behind};
 use expiry::{BUCKETS_PER_LIFETIME, GC_BATCH};
 
 const NAME: &str = "sled";
@@ -147,6 +155,18 @@ impl SledProvider {
         max_lifetime: Duration,
         cache_capacity: usize,
     ) -> Result<Self> {
+        SledProvider::open_with_writer(dir, clock, max_lifetime, cache_capacity, WRITE_BEHIND)
+    }
+
+    /// [`open_with_cache`](SledProvider::open_with_cache) with the writer thread's passes
+    /// `pass_every` apart.
+    fn open_with_writer(
+        dir: impl Into<PathBuf>,
+        clock: Clock,
+        max_lifetime: Duration,
+        cache_capacity: usize,
+        pass_every: Duration,
+    ) -> Result<Self> {
         let dir = dir.into();
         if dir.as_os_str().is_empty() {
             return Err(ProviderContext::error(
@@ -187,7 +207,7 @@ impl SledProvider {
         let weak = Arc::downgrade(&inner);
         thread::Builder::new()
             .name("sessioner-sled-writer".into())
-            .spawn(move || write_behind(&weak, &stopped))
+            .spawn(move || write_behind(&weak, &stopped, pass_every))
             .map_err(|e| {
                 ProviderContext::error(NAME, format!("cannot start the writer thread: {e}"))
             })?;
@@ -299,13 +319,15 @@ impl Drop for Inner {
 
 #[async_trait]
 impl Provider for SledProvider {
-    // `load` and `save` run inline: see the module documentation.
+    // A cache hit is answered at once; anything else runs on the blocking pool (see the
+    // module documentation).
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
-        self.inner.load(&id.storage_key())
+        let key = id.storage_key();
+        self.run(move |i| i.load(&key)).await
     }
 
     fn load_now(&self, id: &SessionId) -> Option<Result<Option<Record>>> {
-        Some(self.inner.load(&id.storage_key()))
+        self.inner.load_now(&id.storage_key())
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
@@ -318,11 +340,12 @@ impl Provider for SledProvider {
     }
 
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
-        self.inner.save(&id.storage_key(), changes)
+        let (key, changes) = (id.storage_key(), changes.clone());
+        self.run(move |i| i.save(&key, &changes)).await
     }
 
     fn save_now(&self, id: &SessionId, changes: &ChangeSet) -> Option<Result<bool>> {
-        Some(self.inner.save(&id.storage_key(), changes))
+        self.inner.save_now(&id.storage_key(), changes)
     }
 
     async fn destroy(&self, id: &SessionId) -> Result<()> {
@@ -382,5 +405,112 @@ mod tests {
         );
         assert!(parse_config("data_dir=x,bogus=1").is_err());
         assert!(parse_config("data_dir=x,cache=0").is_err());
+    }
+
+    /// R12: a request never waits for a shard lock that another thread holds (across sled
+    /// I/O, in the writer's pass, GC or a lifecycle call): `load_now` and `save_now` hand
+    /// the call to the blocking pool instead, where it completes once the lock is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r12_sled_load_now_and_save_now_never_wait_for_a_held_shard_lock() {
+        use std::sync::mpsc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::system();
+        let p = SledProvider::open(dir.path().join("db"), clock.clone()).unwrap();
+        let sid = SessionId::generate(32).unwrap();
+        let record = Record {
+            values: [("k".to_owned(), "1".to_owned())].into(),
+            expires_at: clock.now_ms() + 3_600_000,
+            absolute_deadline: None,
+        };
+        assert!(p.create(&sid, &record).await.unwrap());
+        let changes = ChangeSet {
+            set: vec![("k".to_owned(), "2".to_owned())],
+            expires_at: clock.now_ms() + 3_600_000,
+            ..Default::default()
+        };
+
+        // Another thread holds the session's shard lock until told to let go.
+        let (held_tx, held) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let (inner, key) = (Arc::clone(&p.inner), sid.storage_key());
+        let holder = thread::spawn(move || {
+            let _guard = inner.lock(key.as_bytes());
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        held.recv().unwrap();
+
+        // Asked from a thread of its own, so a call that blocks cannot hang the suite.
+        let share = || SledProvider {
+            inner: Arc::clone(&p.inner),
+        };
+        let (answer_tx, answer) = mpsc::channel();
+        let (asking, asked, probe) = (share(), sid.clone(), changes.clone());
+        thread::spawn(move || {
+            let load = asking.load_now(&asked).map(|r| r.unwrap());
+            let save = asking.save_now(&asked, &probe).map(|r| r.unwrap());
+            let _ = answer_tx.send((load, save));
+        });
+        let answered = answer.recv_timeout(Duration::from_secs(5));
+        // The async path waits for the lock on the blocking pool, not on a worker.
+        let (loader, loaded_id) = (share(), sid.clone());
+        let loading = tokio::spawn(async move { loader.load(&loaded_id).await });
+        let (saver, saved_id, saved) = (share(), sid.clone(), changes.clone());
+        let saving = tokio::spawn(async move { saver.save(&saved_id, &saved).await });
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        let (load, save) = answered.expect("load_now/save_now waited for a held shard lock");
+        assert!(load.is_none(), "load_now answered despite the held lock");
+        assert!(save.is_none(), "save_now answered despite the held lock");
+        assert!(loading.await.unwrap().unwrap().is_some());
+        assert!(saving.await.unwrap().unwrap());
+
+        // With the lock free, a cached session is answered at once.
+        let loaded = p.load_now(&sid).unwrap().unwrap().unwrap();
+        assert_eq!(loaded.values["k"], "2");
+        assert!(p.save_now(&sid, &changes).unwrap().unwrap());
+    }
+
+    /// R12: the calls answered on the async worker never write to sled; a save whose record
+    /// could only be cached by writing another one out goes to the blocking pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r12_sled_inline_calls_never_write_to_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::system();
+        // One cached session, and no writer pass during the test.
+        let hour = Duration::from_secs(3600);
+        let p = SledProvider::open_with_writer(dir.path().join("db"), clock.clone(), hour, 1, hour)
+            .unwrap();
+        let record = Record {
+            values: [("k".to_owned(), "1".to_owned())].into(),
+            expires_at: clock.now_ms() + 3_600_000,
+            absolute_deadline: None,
+        };
+        let change = |v: &str| ChangeSet {
+            set: vec![("k".to_owned(), v.to_owned())],
+            expires_at: clock.now_ms() + 3_600_000,
+            ..Default::default()
+        };
+        let (a, b) = (
+            SessionId::generate(32).unwrap(),
+            SessionId::generate(32).unwrap(),
+        );
+        assert!(p.create(&b, &record).await.unwrap());
+        // `a` takes the only cache slot; its change is only in the cache.
+        assert!(p.create(&a, &record).await.unwrap());
+        assert!(p.save_now(&a, &change("2")).unwrap().unwrap());
+        let stored = |sid: &SessionId| {
+            let bytes = p.inner.records.get(sid.storage_key()).unwrap().unwrap();
+            Record::decode(&bytes).unwrap().values["k"].clone()
+        };
+        // `b` is read at once, but saving it would evict (write out) `a`.
+        assert_eq!(p.load_now(&b).unwrap().unwrap().unwrap().values["k"], "1");
+        assert!(p.save_now(&b, &change("3")).is_none());
+        assert_eq!(stored(&a), "1", "an inline call wrote to sled");
+        // The blocking pool does it.
+        assert!(p.save(&b, &change("3")).await.unwrap());
+        assert_eq!(stored(&a), "2");
+        assert_eq!(p.load(&b).await.unwrap().unwrap().values["k"], "3");
     }
 }

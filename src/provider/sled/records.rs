@@ -1,24 +1,24 @@
 //! Records and their compare-and-swap writes.
 //!
-//! No transactions: every write is a single-key
-//! [`compare_and_swap`](::sled::Tree::compare_and_swap) on the records tree. sled 0.34
-//! switches the whole process into a mode where every operation takes one global `RwLock` as
-//! soon as any transaction (or `apply_batch`, or `checksum`) has run; transactions take it
-//! exclusively and sled's flusher holds it shared while it writes, so with transactions the
-//! sessions of all requests queue behind each other and behind the disk. This provider
-//! never uses them. (Saves normally go to the cache described below, whose writer stores a
-//! whole record over the one sled holds; what follows is what a save written through to
-//! sled does when its record cannot be cached.) A save reads the record, checks that it is live, merges the change set
-//! (per key), and swaps the new bytes in only if the record is still the one it read,
-//! retrying on a conflict, so concurrent requests changing different keys of one session
-//! all survive, and a save never re-creates a destroyed, expired or regenerated session. A
-//! damaged record makes the save fail with [`Error::Corrupt`]. `create` swaps from absent
-//! (or from an expired or damaged record, which does not hold its id); `regenerate` copies
-//! the record under the new id (only if nothing live is there), then deletes the old id only
-//! if it is unchanged: a save that landed on the old id meanwhile is carried over and the
-//! deletion retried, and if the old id was destroyed meanwhile the copy is taken back, so
-//! the old id is dead when it returns and a session is never live under both ids past the
-//! call; `gc` deletes a record only if it is still the expired one it read.
+//! Invariants:
+//! - No sled transactions, `apply_batch` or `checksum`: once any has run, sled 0.34 puts
+//!   every operation of the process behind one global `RwLock`, which transactions take
+//!   exclusively and the flusher holds while it writes. Every write is a single-key
+//!   [`compare_and_swap`](::sled::Tree::compare_and_swap) on the records tree.
+//! - A save written through (when its record cannot be cached) reads the record, checks
+//!   that it is live, merges the change set per key and swaps the result in only over the
+//!   bytes it read, retrying on a conflict: concurrent saves of different keys all survive,
+//!   and a destroyed, expired or regenerated session is never re-created. A damaged record
+//!   is [`Error::Corrupt`](crate::Error::Corrupt).
+//! - `create` swaps from absent, or from an expired or damaged record (which does not hold
+//!   its id).
+//! - `regenerate` copies the record under the new id (only if nothing live is there), then
+//!   deletes the old id only if it is unchanged: a save that landed meanwhile is carried
+//!   over and the deletion retried; if the old id died meanwhile the copy is taken back. The
+//!   old id is dead when it returns, and a session is never live under both ids past the
+//!   call.
+//! - `count` walks the records, not the index, and reads each deadline from the record's
+//!   header without decoding its values.
 
 use ::sled::IVec;
 
