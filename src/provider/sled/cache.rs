@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use ::sled::IVec;
 
-use super::Inner;
+use super::{Inner, files};
 use crate::error::Result;
 use crate::provider::Regenerated;
 use crate::record::{ChangeSet, Record, peek_expiry};
@@ -79,6 +79,9 @@ pub(super) fn write_behind(inner: &Weak<Inner>, stop: &mpsc::Receiver<()>, pass_
             && let Err(e) = inner.db.flush()
         {
             tracing::warn!(error = %e, "sled write-behind flush failed");
+        }
+        if let Err(e) = files::restrict(&inner.dir) {
+            tracing::warn!(error = %e, "sled files could not be made private");
         }
     }
 }

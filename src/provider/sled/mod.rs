@@ -15,6 +15,12 @@
 //! - The directory is created with mode `0700` if missing. sled locks it: a directory
 //!   another process (or another provider in this process) has open is
 //!   [`Error::ProviderConfig`] when the provider is built.
+//! - On Unix, the files sled creates in the directory (`conf`, `db`, `snap.*`, `blobs/*`)
+//!   are made `0600` and its `blobs` folder `0700` when the provider opens (failing that is
+//!   [`Error::ProviderConfig`]), after every writer pass (500 ms), after
+//!   [`SledProvider::persist`] and on close; nothing else in the directory is touched. sled
+//!   has no mode option, so a blob it writes for a record of more than about 128 KiB has
+//!   the process umask's mode until the next pass, inside the private `blobs` folder.
 //! - Every write is a single-key compare-and-swap, never a sled transaction: concurrent
 //!   saves changing different keys of one session all survive, a save never re-creates a
 //!   destroyed, expired or regenerated session, and the old id is dead once `regenerate`
@@ -54,8 +60,6 @@
 //!   sled's global lock (still correct, only slower).
 
 use std::fmt;
-use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -73,6 +77,7 @@ use crate::record::{ChangeSet, Record};
 
 mod cache;
 mod expiry;
+mod files;
 mod records;
 
 use cache::{SHARDS, Shard, WRITE_BEHIND, write_behind};
@@ -174,13 +179,9 @@ impl SledProvider {
                 "the data directory must not be empty",
             ));
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| {
-                ProviderContext::error(NAME, format!("cannot create {}: {e}", dir.display()))
-            })?;
+        files::create_dir(&dir).map_err(|e| {
+            ProviderContext::error(NAME, format!("cannot create {}: {e}", dir.display()))
+        })?;
         let db = ::sled::Config::new()
             .path(&dir)
             .open()
@@ -189,6 +190,12 @@ impl SledProvider {
             .open_tree(RECORDS_TREE)
             .map_err(|e| open_error(&dir, e))?;
         let expiry = db.open_tree(EXPIRY_TREE).map_err(|e| open_error(&dir, e))?;
+        files::restrict(&dir).map_err(|e| {
+            ProviderContext::error(
+                NAME,
+                format!("cannot make the files in {} private: {e}", dir.display()),
+            )
+        })?;
         let lifetime_ms = u64::try_from(max_lifetime.as_millis()).unwrap_or(u64::MAX);
         let capacity = cache_capacity.max(1);
         let shards = SHARDS.min(capacity);
@@ -236,6 +243,7 @@ impl SledProvider {
         self.run(|i| {
             let written = i.write_dirty()?;
             i.db.flush().map_err(storage)?;
+            files::restrict(&i.dir).map_err(|e| Error::backend(NAME, e))?;
             Ok(written)
         })
         .await
@@ -313,6 +321,9 @@ impl Drop for Inner {
         }
         if let Err(e) = self.db.flush() {
             tracing::warn!(error = %e, "sled provider could not flush on close");
+        }
+        if let Err(e) = files::restrict(&self.dir) {
+            tracing::warn!(error = %e, "sled files could not be made private on close");
         }
     }
 }
