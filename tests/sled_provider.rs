@@ -1,6 +1,6 @@
 //! The sled provider beyond the conformance suite: durability across reopening, the
 //! directory lock, hashed keys (S5), GC through the coarse expiry index, stale index
-//! entries, and concurrent writers.
+//! entries, concurrent writers, and the modes of sled's files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

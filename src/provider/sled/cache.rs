@@ -44,7 +44,7 @@ pub(super) const SHARDS: usize = 64;
 /// How long a saved change may wait in the cache before the writer stores it in sled.
 pub(super) const WRITE_BEHIND: Duration = Duration::from_millis(500);
 /// How many entries an eviction looks at for a clean one before writing a dirty one out.
-pub(super) const EVICTION_SCAN: usize = 16;
+const EVICTION_SCAN: usize = 16;
 
 /// One cached session.
 pub(super) struct Entry {
@@ -118,7 +118,7 @@ fn apply(shard: &mut Shard, key: &str, changes: &ChangeSet, now: u64) -> Option<
 /// The cache: every operation on a key holds its shard's lock, so for a cached key the
 /// cache is the truth and sled holds the same record or an older version of it.
 impl Inner {
-    pub(super) fn shard_of(&self, key: &[u8]) -> usize {
+    fn shard_of(&self, key: &[u8]) -> usize {
         // Storage keys are hex digests: any few bytes spread evenly.
         let h = key.iter().take(8).fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
@@ -126,7 +126,7 @@ impl Inner {
         usize::try_from(h % self.shards.len() as u64).unwrap_or(0)
     }
 
-    pub(super) fn lock_index(&self, index: usize) -> MutexGuard<'_, Shard> {
+    fn lock_index(&self, index: usize) -> MutexGuard<'_, Shard> {
         match self.shards.get(index).unwrap_or(&self.shards[0]).lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -150,7 +150,7 @@ impl Inner {
     /// Stores `record` in sled under `key` with the expiry index rules of a save, but only
     /// over a record that is there: a key sled no longer holds is never re-created. Returns
     /// whether it wrote. The caller holds `key`'s lock.
-    pub(super) fn write_back(&self, key: &[u8], record: &Record) -> Result<bool> {
+    fn write_back(&self, key: &[u8], record: &Record) -> Result<bool> {
         let encoded = IVec::from(record.encode());
         let to = self.bucket(record.expires_at);
         let mut current = self.get(key)?;

@@ -115,7 +115,7 @@ impl Inner {
     /// Judges one index entry: deletes its record if expired (or damaged), keeps the entry
     /// of a live record it still stands for, drops the entry otherwise. Returns whether a
     /// record was deleted.
-    pub(super) fn gc_entry(&self, entry: &[u8], now: u64) -> Result<bool> {
+    fn gc_entry(&self, entry: &[u8], now: u64) -> Result<bool> {
         let Some((bucket, key)) = entry.split_first_chunk::<8>() else {
             self.expiry.remove(entry).map_err(storage)?;
             return Ok(false);
@@ -162,7 +162,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn index_keys_sort_by_deadline() {
+    fn index_keys_sort_by_deadline() {
         let k = [b'f'; 64];
         assert!(index_key(255, &k) < index_key(256, &k));
         assert_eq!(index_key(1, &k).len(), 72);

@@ -37,7 +37,7 @@ enum Slot {
 }
 
 impl Slot {
-    pub(super) fn judge(current: Option<IVec>, now: u64) -> Slot {
+    fn judge(current: Option<IVec>, now: u64) -> Slot {
         let Some(bytes) = current else {
             return Slot::Missing;
         };
@@ -52,7 +52,7 @@ impl Slot {
     }
 
     /// The stored bytes, what a compare-and-swap from this slot expects.
-    pub(super) fn bytes(&self) -> Option<&IVec> {
+    fn bytes(&self) -> Option<&IVec> {
         match self {
             Slot::Missing => None,
             Slot::Live(bytes, _) | Slot::Dead(bytes, _) => Some(bytes),
@@ -154,12 +154,7 @@ impl Inner {
     }
 
     /// Deletes the dead record `bytes` under `key` unless it changed meanwhile.
-    pub(super) fn remove_dead(
-        &self,
-        key: &[u8],
-        bytes: &IVec,
-        deadline: Option<u64>,
-    ) -> Result<()> {
+    fn remove_dead(&self, key: &[u8], bytes: &IVec, deadline: Option<u64>) -> Result<()> {
         if self.swap(key, Some(bytes), None)?.is_ok()
             && let Some(deadline) = deadline
         {
