@@ -1,9 +1,10 @@
 //! The sled provider beyond the conformance suite: durability across reopening, the
 //! directory lock, hashed keys (S5), GC through the coarse expiry index, stale index
-//! entries, and concurrent writers.
+//! entries, concurrent writers, and the modes of sled's files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -84,8 +85,11 @@ async fn data_survives_closing_and_reopening() {
     assert_eq!(p.load(&moved).await.unwrap().unwrap().values["k"], "v");
     assert_eq!(p.count().await.unwrap(), 3);
     // The directory is private.
-    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o700);
+    #[cfg(unix)]
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 }
 
 #[tokio::test]
@@ -759,4 +763,105 @@ async fn a_small_cache_evicts_without_losing_data() {
             assert_eq!(r.values[&format!("r{round}")], i.to_string());
         }
     }
+}
+
+/// Every file and folder under `path` (recursively): its path, whether it is a folder, its mode.
+#[cfg(unix)]
+fn modes_under(path: &Path) -> Vec<(std::path::PathBuf, bool, u32)> {
+    let mut found = Vec::new();
+    let mut folders = vec![path.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let entry = entry.unwrap();
+            // sled removes old snapshots and blobs as it goes.
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                folders.push(entry.path());
+            }
+            found.push((
+                entry.path(),
+                meta.is_dir(),
+                meta.permissions().mode() & 0o7777,
+            ));
+        }
+    }
+    found
+}
+
+/// Asserts every file sled made under `path` is `0600` and every folder `0700`, leaving the
+/// one file of someone else's (`notes.txt`, `0644`) alone; returns the names found.
+#[cfg(unix)]
+fn assert_private(path: &Path, when: &str) -> Vec<String> {
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "{when}: the directory itself");
+    let mut names = Vec::new();
+    for (entry, is_dir, mode) in modes_under(path) {
+        let name = entry.strip_prefix(path).unwrap().display().to_string();
+        let expected = match (name.as_str(), is_dir) {
+            ("notes.txt", _) => 0o644,
+            (_, true) => 0o700,
+            (_, false) => 0o600,
+        };
+        assert_eq!(mode, expected, "{when}: {name} has mode {mode:o}");
+        names.push(name);
+    }
+    names
+}
+
+/// sled creates its files with the process umask; the provider makes them private when it
+/// opens, after a write pass (`persist`) and when it closes, including the blobs sled writes
+/// for large records and the snapshot it writes when it reopens.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_files_are_private_after_open_persist_and_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Clock::system();
+    // Large enough for sled to store it as a blob of its own (over a quarter of a segment).
+    let large = format!("\"{}\"", "x".repeat(200_000));
+    let (small, big, grown) = (id(), id(), id());
+    {
+        let p = SledProvider::open(&path, clock.clone()).unwrap();
+        assert_private(&path, "after open");
+        assert!(
+            p.create(&small, &record(&clock, &[("k", "1")], HOUR))
+                .await
+                .unwrap()
+        );
+        assert!(
+            p.create(&big, &record(&clock, &[("v", &large)], HOUR))
+                .await
+                .unwrap()
+        );
+        assert!(p.create(&grown, &record(&clock, &[], HOUR)).await.unwrap());
+        assert!(p.save(&grown, &set(&clock, "v", &large)).await.unwrap());
+        p.persist().await.unwrap();
+        let names = assert_private(&path, "after persist");
+        assert!(
+            names.iter().any(|n| n.starts_with("blobs/")),
+            "no blob was written: {names:?}"
+        );
+    }
+    assert_private(&path, "after close");
+
+    // Files left with a umask's modes (another process's umask, a restore from a backup),
+    // and a file that is not sled's.
+    for (entry, is_dir, _) in modes_under(&path) {
+        let loose = if is_dir { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(loose)).unwrap();
+    }
+    std::fs::write(path.join("notes.txt"), "not sled's").unwrap();
+    std::fs::set_permissions(
+        path.join("notes.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let p = reopen_provider(&path, &clock);
+    let names = assert_private(&path, "after reopening");
+    assert!(names.iter().any(|n| n.starts_with("snap.")), "{names:?}");
+    assert_eq!(p.load(&big).await.unwrap().unwrap().values["v"], large);
+    assert_eq!(p.load(&grown).await.unwrap().unwrap().values["v"], large);
+    assert_eq!(p.load(&small).await.unwrap().unwrap().values["k"], "1");
 }
