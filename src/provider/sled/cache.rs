@@ -23,9 +23,9 @@
 //!   of the records it deletes.
 //! - A full shard evicts a clean entry, or writes a dirty one to sled first (if that write
 //!   fails, the new record is not cached and a save writes through).
-//! - On the async worker (`load_now`, `save_now`) a shard is only `try_lock`ed and nothing
-//!   is written to sled: a busy shard, or a save whose record could only be cached by
-//!   writing a dirty entry out, is `None` and left to the blocking pool.
+//! - On the async worker (`load_now`, `save_now`) a shard is only `try_lock`ed and sled is
+//!   never touched: a busy shard or a key that is not cached is `None`, left to the
+//!   blocking pool.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -84,13 +84,6 @@ pub(super) fn write_behind(inner: &Weak<Inner>, stop: &mpsc::Receiver<()>, pass_
             tracing::warn!(error = %e, "sled files could not be made private");
         }
     }
-}
-
-/// Whether a cache operation may write to sled: not on an async worker.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Writes {
-    Allowed,
-    Never,
 }
 
 /// The cached record under `key` as `load` sees it (an expired one reads as `None`); `None`
@@ -216,25 +209,13 @@ impl Inner {
     /// Caches a clean `record` under `key`, evicting another entry of a full shard (written
     /// to sled first if dirty). Returns whether it cached (not if that write failed).
     pub(super) fn cache(&self, shard: &mut Shard, key: &str, record: Record) -> bool {
-        self.insert(shard, key, record, Writes::Allowed)
-    }
-
-    /// [`cache`](Inner::cache), but with [`Writes::Never`] only a clean entry is evicted:
-    /// `false` (not cached) if none of the entries looked at is clean.
-    fn insert(&self, shard: &mut Shard, key: &str, record: Record, writes: Writes) -> bool {
         if !shard.map.contains_key(key) && shard.map.len() >= self.per_shard {
             let victim = shard
                 .map
                 .iter()
                 .take(EVICTION_SCAN)
                 .find(|(_, e)| !e.dirty)
-                .or_else(|| {
-                    shard
-                        .map
-                        .iter()
-                        .next()
-                        .filter(|_| writes == Writes::Allowed)
-                })
+                .or_else(|| shard.map.iter().next())
                 .map(|(k, _)| k.clone());
             let Some(victim) = victim else {
                 return false;
@@ -255,67 +236,48 @@ impl Inner {
         true
     }
 
-    /// `load` on the async worker: `None` if `key`'s lock is taken (the caller then runs
-    /// [`load`](Inner::load) on the blocking pool). Never writes to sled.
+    /// `load` on the async worker, from the cache only: `None` if `key`'s lock is taken or
+    /// `key` is not cached (the caller then runs [`load`](Inner::load) on the blocking pool).
+    /// Never touches sled.
     pub(super) fn load_now(&self, key: &str) -> Option<Result<Option<Record>>> {
-        let mut shard = self.try_lock(key.as_bytes())?;
-        Some(self.load_in(&mut shard, key, Writes::Never))
+        let shard = self.try_lock(key.as_bytes())?;
+        cached(&shard, key, self.clock.now_ms()).map(Ok)
     }
 
+    /// From the cache, or else from sled (then cached).
     pub(super) fn load(&self, key: &str) -> Result<Option<Record>> {
-        self.load_in(&mut self.lock(key.as_bytes()), key, Writes::Allowed)
-    }
-
-    /// From the cache, or else from sled (then cached if that needs no write under `writes`).
-    fn load_in(&self, shard: &mut Shard, key: &str, writes: Writes) -> Result<Option<Record>> {
-        if let Some(found) = cached(shard, key, self.clock.now_ms()) {
+        let mut shard = self.lock(key.as_bytes());
+        if let Some(found) = cached(&shard, key, self.clock.now_ms()) {
             return Ok(found);
         }
         let Some(record) = self.read_live(key.as_bytes())? else {
             return Ok(None);
         };
-        self.insert(shard, key, record.clone(), writes);
+        self.cache(&mut shard, key, record.clone());
         Ok(Some(record))
     }
 
-    /// `save` on the async worker: `None` if `key`'s lock is taken, or if the record is not
-    /// cached and caching it would mean writing another one out (the caller then runs
-    /// [`save`](Inner::save) on the blocking pool). Never writes to sled.
+    /// `save` on the async worker, in the cache only: `None` if `key`'s lock is taken or
+    /// `key` is not cached (the caller then runs [`save`](Inner::save) on the blocking pool).
+    /// Never touches sled.
     pub(super) fn save_now(&self, key: &str, changes: &ChangeSet) -> Option<Result<bool>> {
         let mut shard = self.try_lock(key.as_bytes())?;
-        self.save_in(&mut shard, key, changes, Writes::Never)
-            .transpose()
+        apply(&mut shard, key, changes, self.clock.now_ms()).map(Ok)
     }
 
+    /// Applies `changes` to the cached record, caching it from sled first on a miss; a record
+    /// that cannot be cached (its eviction victim could not be written) is saved to sled.
     pub(super) fn save(&self, key: &str, changes: &ChangeSet) -> Result<bool> {
         let mut shard = self.lock(key.as_bytes());
-        Ok(self
-            .save_in(&mut shard, key, changes, Writes::Allowed)?
-            .unwrap_or(false))
-    }
-
-    /// Applies `changes` to the cached record, caching it from sled first on a miss. If it
-    /// cannot be cached: with [`Writes::Allowed`] the save is written through to sled, with
-    /// [`Writes::Never`] it is `None` (nothing done).
-    fn save_in(
-        &self,
-        shard: &mut Shard,
-        key: &str,
-        changes: &ChangeSet,
-        writes: Writes,
-    ) -> Result<Option<bool>> {
         if !shard.map.contains_key(key) {
             let Some(record) = self.read_live(key.as_bytes())? else {
-                return Ok(Some(false));
+                return Ok(false);
             };
-            if !self.insert(shard, key, record, writes) {
-                return match writes {
-                    Writes::Allowed => self.save_stored(key.as_bytes(), changes).map(Some),
-                    Writes::Never => Ok(None),
-                };
+            if !self.cache(&mut shard, key, record) {
+                return self.save_stored(key.as_bytes(), changes);
             }
         }
-        Ok(apply(shard, key, changes, self.clock.now_ms()))
+        Ok(apply(&mut shard, key, changes, self.clock.now_ms()).unwrap_or(false))
     }
 
     pub(super) fn create(&self, key: &str, record: &Record) -> Result<bool> {
