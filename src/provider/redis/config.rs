@@ -1,4 +1,15 @@
 //! The redis provider's ProviderConfig: macaron's comma-separated settings or a URL.
+//!
+//! - A config containing `://` is a URL (`redis`, `rediss`, `redis+unix`, `unix`); anything
+//!   else is `name=value` settings separated by commas (a trailing `;` is allowed).
+//! - Both forms give the same [`Config`]: the connection info, the key prefix (default
+//!   [`DEFAULT_PREFIX`]) and the timeout (default [`DEFAULT_TIMEOUT`]).
+//! - `prefix` and `timeout_ms` are sessioner's own settings, also as URL query parameters
+//!   (taken out of the URL before the redis crate reads it); `pool_size` and `idle_timeout`
+//!   are accepted and ignored.
+//! - Invalid input is [`Error::ProviderConfig`]: an unknown setting, a setting without `=`,
+//!   an `addr` that is not `host:port`, a negative `db`, a zero or non-numeric `timeout_ms`,
+//!   another URL scheme, a URL fragment (`#insecure` would skip certificate checks).
 
 use std::fmt;
 use std::time::Duration;

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! (`network=unix` with `addr=/run/redis.sock` for a socket; `username` for an ACL user;
-//! macaron's `pool_size` and `idle_timeout` are accepted and ignored: one multiplexed
-//! connection serves every request), or a URL:
+//! macaron's `pool_size` and `idle_timeout` are accepted and ignored), or a URL (use it for
+//! passwords that contain a comma):
 //!
 //! ```text
 //! redis://:secret@127.0.0.1:6379/0?prefix=myapp:session:&timeout_ms=3000
@@ -17,36 +17,42 @@
 //! redis+unix:///run/redis.sock?db=0&pass=secret
 //! ```
 //!
-//! Use the URL form for passwords that contain a comma. `rediss://` connects over TLS
-//! (rustls, with the system's root certificates; `SSL_CERT_FILE` / `SSL_CERT_DIR` add
-//! others) and always verifies the server's certificate and name; the `#insecure` fragment
-//! is refused. If the application has not installed a rustls crypto provider, the first
-//! TLS connection installs `ring` as the process default. The default prefix is
-//! `sessioner:`; give every application sharing a database its own.
+//! The default prefix is `sessioner:`; give every application sharing a database its own.
 //!
-//! The connection is made on first use, not when the provider is built: a Redis that is
-//! down at startup makes requests fail with [`Error::Unavailable`] (`503`) until it comes
-//! back, then the provider reconnects by itself. Every call is bounded by `timeout_ms`
-//! (default 3 s, also used as the connect and response timeout), after which it is
-//! [`Error::Unavailable`], as is a failed TLS handshake (an untrusted certificate).
+//! Connection:
+//! - One multiplexed connection serves every request; it is made on first use, not when the
+//!   provider is built, and remade by itself after a failure.
+//! - Redis down (at startup or later), a failed TLS handshake (an untrusted certificate) or
+//!   a call over `timeout_ms` (default 3 s, also the connect and response timeout) is
+//!   [`Error::Unavailable`] (`503`).
+//! - `rediss://` is TLS through rustls with the system's root certificates (`SSL_CERT_FILE`
+//!   / `SSL_CERT_DIR` add others); the certificate and name are always verified (the
+//!   `#insecure` fragment is refused). Without a rustls crypto provider installed by the
+//!   application, the first TLS connection installs `ring` as the process default.
 //!
-//! Layout: one HASH per session under `prefix` + [`SessionId::storage_key`] (the SHA-256 of
-//! the id: a key listing yields no usable cookie). Each session value is a field holding
-//! its JSON text; two reserved fields hold the idle deadline and the absolute deadline (ms
-//! since the epoch). The key expires at the idle deadline (`PEXPIREAT`), so Redis removes
-//! dead sessions by itself and [`gc`](Provider::gc) has nothing to do; `load` also checks the
-//! deadline against the provider's clock.
+//! Layout:
+//! - One HASH per session under `prefix` + [`SessionId::storage_key`] (the SHA-256 of the id:
+//!   a key listing yields no usable cookie).
+//! - Each session value is a field holding its JSON text; two reserved fields hold the idle
+//!   and the absolute deadline (ms since the epoch).
+//! - The key expires at the idle deadline (`PEXPIREAT`), so Redis removes dead sessions by
+//!   itself and [`gc`](Provider::gc) has nothing to do; `load` also checks the deadline
+//!   against the provider's clock.
 //!
-//! Round trips: `load` is one `HGETALL`; `save`, `create` and `regenerate` are one Lua
-//! script each (atomic on the server): `save` writes only the changed fields, and does
-//! nothing if the session is gone, so a destroyed or regenerated session is never brought
-//! back (concurrent saves of different keys all persist; the same key is last-writer-wins);
-//! `create` writes only if no live session holds the key; `regenerate` checks both
-//! keys and `RENAME`s. `destroy` is one `DEL`. Scripts run by hash (`EVALSHA`); the first
-//! call after Redis starts also loads the script. `count` walks the prefix with `SCAN`
-//! (never `KEYS`) plus one script per batch, and is meant for monitoring, not for every
-//! request. Needs Redis 2.6 or later (Lua scripting), or Valkey. Redis Cluster is not
-//! supported (`regenerate` touches two keys that may live in different slots).
+//! Operations (each atomic on the server):
+//! - `load` is one `HGETALL`; `destroy` one `DEL`.
+//! - `save`, `create` and `regenerate` are one Lua script each, run by hash (`EVALSHA`; the
+//!   first call after Redis starts also loads it).
+//! - `save` writes only the changed fields, and nothing if the session is gone: a destroyed
+//!   or regenerated session is never brought back; concurrent saves of different keys all
+//!   persist, the same key is last-writer-wins.
+//! - `create` writes only if no live session holds the key; `regenerate` checks both keys
+//!   and `RENAME`s.
+//! - `count` walks the prefix with `SCAN` (never `KEYS`) plus one script per batch: for
+//!   monitoring, not for every request.
+//!
+//! Needs Redis 2.6 or later (Lua scripting), or Valkey. Redis Cluster is not supported
+//! (`regenerate` touches two keys that may live in different slots).
 
 use std::collections::HashMap;
 use std::fmt;
