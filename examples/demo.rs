@@ -7,7 +7,8 @@
 //! It listens on 127.0.0.1:`$PORT` (default 5800) and keeps sessions in an embedded,
 //! persistent store under `data/demo-sessions` (sled when the `sled` feature is on, the
 //! default; otherwise files), so a restart keeps you logged in. Any option can also come from
-//! the environment, e.g. `SESSION_PROVIDER=memory cargo run --example demo`.
+//! the environment, e.g. `SESSION_PROVIDER=memory cargo run --example demo`. Ctrl-C (SIGINT)
+//! or SIGTERM stops it gracefully (`shutdown/mod.rs`), so the last saves reach the disk.
 #![allow(dead_code)]
 
 mod shutdown;
