@@ -20,13 +20,16 @@
 //! registered in this build, 1 otherwise.
 //!
 //! The runtime is tokio's multi-thread one with one worker per CPU the process may run on, so
-//! `taskset -c 0` gives it exactly one worker.
+//! `taskset -c 0` gives it exactly one worker. SIGTERM and SIGINT stop it gracefully (see
+//! `shutdown`), so a provider that writes behind (sled) keeps every save.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod shutdown;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use salvo::prelude::*;
@@ -34,8 +37,6 @@ use sessioner::{Options, Provider, Record, SessionDepotExt, SessionId, try_sessi
 
 /// The bare baseline's counter.
 static COUNT: AtomicU64 = AtomicU64::new(0);
-/// The provider behind the middleware, for the maintenance routes.
-static PROVIDER: OnceLock<Arc<dyn Provider>> = OnceLock::new();
 
 #[handler]
 async fn hello() -> &'static str {
@@ -66,12 +67,18 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// `GET /admin/fill`, on the provider behind the middleware. The maintenance routes hold
+/// the provider themselves (not a static), so it is dropped with the router.
+struct Fill(Arc<dyn Provider>);
+
 #[handler]
-async fn fill(req: &mut Request, res: &mut Response) {
-    let Some(provider) = PROVIDER.get() else {
-        res.status_code(StatusCode::NOT_FOUND);
-        return;
-    };
+impl Fill {
+    async fn handle(&self, req: &mut Request, res: &mut Response) {
+        fill(&self.0, req, res).await;
+    }
+}
+
+async fn fill(provider: &Arc<dyn Provider>, req: &mut Request, res: &mut Response) {
     let n = req.query::<usize>("n").unwrap_or(0);
     // One small value, already expired: GC removes every one of them.
     let record = Record {
@@ -99,12 +106,17 @@ async fn fill(req: &mut Request, res: &mut Response) {
     ));
 }
 
+/// `GET /admin/gc`, on the provider behind the middleware.
+struct Gc(Arc<dyn Provider>);
+
 #[handler]
-async fn gc(res: &mut Response) {
-    let Some(provider) = PROVIDER.get() else {
-        res.status_code(StatusCode::NOT_FOUND);
-        return;
-    };
+impl Gc {
+    async fn handle(&self, res: &mut Response) {
+        gc(&self.0, res).await;
+    }
+}
+
+async fn gc(provider: &Arc<dyn Provider>, res: &mut Response) {
     let started = Instant::now();
     match provider.gc().await {
         Ok(removed) => res.render(format!(
@@ -119,15 +131,12 @@ async fn gc(res: &mut Response) {
 }
 
 fn router(provider: &str, config: String) -> Result<Router, sessioner::Error> {
-    let admin = Router::with_path("admin")
-        .push(Router::with_path("fill").get(fill))
-        .push(Router::with_path("gc").get(gc));
     if provider == "none" || provider == "none-hoop" {
         let mut routes = Router::new();
         if provider == "none-hoop" {
             routes = routes.hoop(empty_hoop);
         }
-        return Ok(Router::new().push(admin).push(
+        return Ok(Router::new().push(
             routes
                 .push(Router::with_path("hello").get(hello))
                 .push(Router::with_path("counter").get(bare_counter)),
@@ -138,7 +147,9 @@ fn router(provider: &str, config: String) -> Result<Router, sessioner::Error> {
         provider_config: config,
         ..Default::default()
     })?;
-    let _ = PROVIDER.set(Arc::clone(middleware.provider()));
+    let admin = Router::with_path("admin")
+        .push(Router::with_path("fill").get(Fill(Arc::clone(middleware.provider()))))
+        .push(Router::with_path("gc").get(Gc(Arc::clone(middleware.provider()))));
     Ok(Router::new().push(admin).push(
         Router::new()
             .hoop(middleware)
@@ -173,7 +184,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         // Built inside the runtime: some providers start background work when built.
         let router = match router(&provider, config) {
             Ok(router) => router,
@@ -189,8 +200,17 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let server = Server::new(acceptor);
+        if let Err(e) = shutdown::stop_on_signal(server.handle()) {
+            eprintln!("bench_server: cannot listen for stop signals: {e}");
+            return ExitCode::from(2);
+        }
         println!("bench_server: provider {provider} on http://127.0.0.1:{port}");
-        Server::new(acceptor).serve(router).await;
+        server.serve(router).await;
         ExitCode::SUCCESS
-    })
+    });
+    // Returns after a graceful stop. Dropping the runtime drops whatever task still holds the
+    // router, with the session store in it, which flushes sled.
+    drop(runtime);
+    code
 }

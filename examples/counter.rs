@@ -4,6 +4,8 @@
 //! cargo run --example counter   # then: curl -c jar -b jar http://127.0.0.1:5800/counter
 //! ```
 
+mod shutdown;
+
 use salvo::prelude::*;
 use sessioner::{Options, SessionDepotExt, sessioner};
 
@@ -29,6 +31,11 @@ async fn main() {
         .and_then(|p| p.parse::<u16>().ok())
         .unwrap_or(5800);
     let acceptor = TcpListener::new(("127.0.0.1", port)).bind().await;
+    let server = Server::new(acceptor);
+    if let Err(e) = shutdown::stop_on_signal(server.handle()) {
+        eprintln!("counter: cannot listen for stop signals: {e}");
+        std::process::exit(2);
+    }
     println!("counter on http://127.0.0.1:{port}/counter");
-    Server::new(acceptor).serve(router).await;
+    server.serve(router).await;
 }

@@ -7,8 +7,11 @@
 //! It listens on 127.0.0.1:`$PORT` (default 5800) and keeps sessions in an embedded,
 //! persistent store under `data/demo-sessions` (sled when the `sled` feature is on, the
 //! default; otherwise files), so a restart keeps you logged in. Any option can also come from
-//! the environment, e.g. `SESSION_PROVIDER=memory cargo run --example demo`.
+//! the environment, e.g. `SESSION_PROVIDER=memory cargo run --example demo`. Ctrl-C (SIGINT)
+//! or SIGTERM stops it gracefully (`shutdown/mod.rs`), so the last saves reach the disk.
 #![allow(dead_code)]
+
+mod shutdown;
 
 use askama::Template;
 use salvo::prelude::*;
@@ -195,22 +198,13 @@ async fn main() {
         .and_then(|p| p.parse::<u16>().ok())
         .unwrap_or(5800);
     let acceptor = TcpListener::new(("127.0.0.1", port)).bind().await;
-    println!("sessioner demo on http://127.0.0.1:{port}  (log in as demo / demo)");
     let server = Server::new(acceptor);
-    let handle = server.handle();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        handle.stop_graceful(std::time::Duration::from_secs(5));
-    });
-    // When `serve` returns, the router and its session store are dropped, which flushes sled.
-    server.serve(router).await;
-}
-
-/// Ctrl-C or SIGTERM: stop gracefully so the last saves reach the disk.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    if let Err(e) = shutdown::stop_on_signal(server.handle()) {
+        eprintln!("demo: cannot listen for stop signals: {e}");
+        std::process::exit(2);
     }
+    println!("sessioner demo on http://127.0.0.1:{port}  (log in as demo / demo)");
+    // Returns after a graceful stop. The router, with the session store in it, is dropped
+    // before `main` returns (at the latest with the runtime), which flushes sled.
+    server.serve(router).await;
 }

@@ -1,6 +1,7 @@
-//! SECURITY.md rows that need a process boundary: the demo app runs as a child process
-//! (built by `cargo build --all-features --examples`, as `scripts/test` does) on a free loopback port, and
-//! the test talks plain HTTP/1.1 to it, kills it, or stops its redis-server.
+//! What needs a process boundary (SECURITY.md rows, a graceful stop): an example app runs as
+//! a child process (built by `cargo build --all-features --examples`, as `scripts/test` does)
+//! on a free loopback port, and the test talks plain HTTP/1.1 to it, kills it, stops it with
+//! SIGTERM, or stops its redis-server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,8 +19,8 @@ use sessioner::Record;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
-/// The demo example next to this test binary.
-fn demo_binary() -> PathBuf {
+/// The example `name` next to this test binary.
+fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let path = exe
         .parent()
@@ -27,7 +28,7 @@ fn demo_binary() -> PathBuf {
         .parent()
         .unwrap()
         .join("examples")
-        .join("demo");
+        .join(name);
     assert!(
         path.exists(),
         "{} is missing: build it first with `cargo build --all-features --examples` (scripts/test does)",
@@ -44,16 +45,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The demo app as a child process, killed (SIGKILL) when dropped.
-struct Demo {
+/// An example app as a child process, killed (SIGKILL) when dropped.
+struct App {
     child: Child,
     port: u16,
 }
 
-impl Demo {
-    fn start(env: &[(&str, String)]) -> Demo {
+impl App {
+    /// The demo app.
+    fn demo(env: &[(&str, String)]) -> App {
+        App::start("demo", env)
+    }
+
+    /// The example `name`, once it listens.
+    fn start(name: &str, env: &[(&str, String)]) -> App {
         let port = free_port();
-        let child = Command::new(demo_binary())
+        let child = Command::new(example_binary(name))
             .env("PORT", port.to_string())
             .env("RUST_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -62,20 +69,20 @@ impl Demo {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut demo = Demo { child, port };
+        let mut app = App { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
-                demo.child.try_wait().unwrap().is_none(),
-                "the demo exited at startup"
+                app.child.try_wait().unwrap().is_none(),
+                "{name} exited at startup"
             );
             assert!(
                 Instant::now() < deadline,
-                "the demo did not listen within 30 s"
+                "{name} did not listen within 30 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        demo
+        app
     }
 
     /// GETs `path` every 100 ms until it answers 200, for at most 30 s; the last reply.
@@ -98,9 +105,30 @@ impl Demo {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends SIGTERM and waits, at most 30 s, for the process to exit; its exit status.
+    #[cfg(unix)]
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the app did not exit within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
-impl Drop for Demo {
+impl Drop for App {
     fn drop(&mut self) {
         self.kill();
     }
@@ -181,7 +209,7 @@ fn r4_kill_9_during_a_write_loop_leaves_every_record_decodable() {
             root.to_string_lossy().into_owned(),
         ),
     ];
-    let mut demo = Demo::start(&env);
+    let mut demo = App::demo(&env);
     let cookies: Vec<String> = (0..20)
         .map(|_| demo.get("/", None).session.expect("a session"))
         .collect();
@@ -228,7 +256,7 @@ fn r4_kill_9_during_a_write_loop_leaves_every_record_decodable() {
         Record::decode(&bytes).unwrap_or_else(|e| panic!("{} is torn: {e}", file.display()));
     }
     // And the sessions live on after a restart.
-    let demo = Demo::start(&env);
+    let demo = App::demo(&env);
     for cookie in &cookies {
         let r = demo.get("/", Some(cookie));
         assert_eq!(r.status, 200);
@@ -237,14 +265,46 @@ fn r4_kill_9_during_a_write_loop_leaves_every_record_decodable() {
     }
 }
 
+/// `bench_server` on sled (write-behind: saves reach the disk up to 500 ms later): SIGTERM
+/// right after the last write stops it gracefully, and a restart on the same directory has
+/// every write.
+#[cfg(all(unix, feature = "sled"))]
+#[test]
+fn sigterm_stops_gracefully_and_sled_keeps_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SESSIONER_PROVIDER", "sled".to_owned()),
+        (
+            "SESSIONER_PROVIDER_CONFIG",
+            dir.path().join("db").to_string_lossy().into_owned(),
+        ),
+    ];
+    let mut app = App::start("bench_server", &env);
+    let first = app.get("/counter", None);
+    assert_eq!(first.body, "1");
+    let cookie = first.session.expect("a session");
+    for n in 2..=20 {
+        assert_eq!(app.get("/counter", Some(&cookie)).body, n.to_string());
+    }
+    let status = app.terminate();
+
+    let app = App::start("bench_server", &env);
+    assert_eq!(
+        app.get("/counter", Some(&cookie)).body,
+        "21",
+        "every write before SIGTERM survives the restart"
+    );
+    assert!(status.success(), "SIGTERM is a graceful stop: {status}");
+}
+
 #[cfg(feature = "redis")]
-fn redis_demo(server: &redis_server::RedisServer, timeout_ms: u64) -> Demo {
+fn redis_demo(server: &redis_server::RedisServer, timeout_ms: u64) -> App {
     let config = format!(
         "{}?prefix={}&timeout_ms={timeout_ms}",
         server.url(),
         redis_server::unique_prefix("process")
     );
-    Demo::start(&[
+    App::demo(&[
         ("SESSION_PROVIDER", "redis".to_owned()),
         ("SESSION_PROVIDER_CONFIG", config),
     ])

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! (`network=unix` with `addr=/run/redis.sock` for a socket; `username` for an ACL user;
-//! macaron's `pool_size` and `idle_timeout` are accepted and ignored: one multiplexed
-//! connection serves every request), or a URL:
+//! macaron's `pool_size` and `idle_timeout` are accepted and ignored), or a URL (use it for
+//! passwords that contain a comma):
 //!
 //! ```text
 //! redis://:secret@127.0.0.1:6379/0?prefix=myapp:session:&timeout_ms=3000
@@ -17,36 +17,42 @@
 //! redis+unix:///run/redis.sock?db=0&pass=secret
 //! ```
 //!
-//! Use the URL form for passwords that contain a comma. `rediss://` connects over TLS
-//! (rustls, with the system's root certificates; `SSL_CERT_FILE` / `SSL_CERT_DIR` add
-//! others) and always verifies the server's certificate and name; the `#insecure` fragment
-//! is refused. If the application has not installed a rustls crypto provider, the first
-//! TLS connection installs `ring` as the process default. The default prefix is
-//! `sessioner:`; give every application sharing a database its own.
+//! The default prefix is `sessioner:`; give every application sharing a database its own.
 //!
-//! The connection is made on first use, not when the provider is built: a Redis that is
-//! down at startup makes requests fail with [`Error::Unavailable`] (`503`) until it comes
-//! back, then the provider reconnects by itself. Every call is bounded by `timeout_ms`
-//! (default 3 s, also used as the connect and response timeout), after which it is
-//! [`Error::Unavailable`], as is a failed TLS handshake (an untrusted certificate).
+//! Connection:
+//! - One multiplexed connection serves every request; it is made on first use, not when the
+//!   provider is built, and remade by itself after a failure.
+//! - Redis down (at startup or later), a failed TLS handshake (an untrusted certificate) or
+//!   a call over `timeout_ms` (default 3 s, also the connect and response timeout) is
+//!   [`Error::Unavailable`] (`503`).
+//! - `rediss://` is TLS through rustls with the system's root certificates (`SSL_CERT_FILE`
+//!   / `SSL_CERT_DIR` add others); the certificate and name are always verified (the
+//!   `#insecure` fragment is refused). Without a rustls crypto provider installed by the
+//!   application, the first TLS connection installs `ring` as the process default.
 //!
-//! Layout: one HASH per session under `prefix` + [`SessionId::storage_key`] (the SHA-256 of
-//! the id: a key listing yields no usable cookie). Each session value is a field holding
-//! its JSON text; two reserved fields hold the idle deadline and the absolute deadline (ms
-//! since the epoch). The key expires at the idle deadline (`PEXPIREAT`), so Redis removes
-//! dead sessions by itself and [`gc`](Provider::gc) has nothing to do; `load` also checks the
-//! deadline against the provider's clock.
+//! Layout:
+//! - One HASH per session under `prefix` + [`SessionId::storage_key`] (the SHA-256 of the id:
+//!   a key listing yields no usable cookie).
+//! - Each session value is a field holding its JSON text; two reserved fields hold the idle
+//!   and the absolute deadline (ms since the epoch).
+//! - The key expires at the idle deadline (`PEXPIREAT`), so Redis removes dead sessions by
+//!   itself and [`gc`](Provider::gc) has nothing to do; `load` also checks the deadline
+//!   against the provider's clock.
 //!
-//! Round trips: `load` is one `HGETALL`; `save`, `create` and `regenerate` are one Lua
-//! script each (atomic on the server): `save` writes only the changed fields, and does
-//! nothing if the session is gone, so a destroyed or regenerated session is never brought
-//! back (concurrent saves of different keys all persist; the same key is last-writer-wins);
-//! `create` writes only if no live session holds the key; `regenerate` checks both
-//! keys and `RENAME`s. `destroy` is one `DEL`. Scripts run by hash (`EVALSHA`); the first
-//! call after Redis starts also loads the script. `count` walks the prefix with `SCAN`
-//! (never `KEYS`) plus one script per batch, and is meant for monitoring, not for every
-//! request. Needs Redis 2.6 or later (Lua scripting), or Valkey. Redis Cluster is not
-//! supported (`regenerate` touches two keys that may live in different slots).
+//! Operations (each atomic on the server):
+//! - `load` is one `HGETALL`; `destroy` one `DEL`.
+//! - `save`, `create` and `regenerate` are one Lua script each, run by hash (`EVALSHA`; the
+//!   first call after Redis starts also loads it).
+//! - `save` writes only the changed fields, and nothing if the session is gone: a destroyed
+//!   or regenerated session is never brought back; concurrent saves of different keys all
+//!   persist, the same key is last-writer-wins.
+//! - `create` writes only if no live session holds the key; `regenerate` checks both keys
+//!   and `RENAME`s.
+//! - `count` walks the prefix with `SCAN` (never `KEYS`) plus one script per batch: for
+//!   monitoring, not for every request.
+//!
+//! Needs Redis 2.6 or later (Lua scripting), or Valkey. Redis Cluster is not supported
+//! (`regenerate` touches two keys that may live in different slots).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -55,15 +61,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisError, Script, ServerErrorKind};
+use ::redis::{Client, ConnectionAddr, RedisError, Script, ServerErrorKind};
 use async_trait::async_trait;
 use once_cell::sync::{Lazy, OnceCell};
 
+use self::config::Config;
 use super::{Provider, ProviderContext, Regenerated};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::id::SessionId;
 use crate::record::{ChangeSet, Record};
+
+mod config;
 
 const NAME: &str = "redis";
 /// The key prefix when the configuration names none.
@@ -475,191 +484,9 @@ impl Provider for RedisProvider {
     }
 }
 
-/// A parsed ProviderConfig.
-struct Config {
-    info: ::redis::ConnectionInfo,
-    prefix: String,
-    timeout: Duration,
-}
-
-impl Config {
-    fn parse(config: &str) -> Result<Self> {
-        let config = config.trim();
-        if config.contains("://") {
-            Self::parse_url(config)
-        } else {
-            Self::parse_settings(config)
-        }
-    }
-
-    fn parse_settings(config: &str) -> Result<Self> {
-        let mut host = "127.0.0.1".to_owned();
-        let mut port = 6379u16;
-        let mut unix = false;
-        let mut addr = None;
-        let mut settings = ::redis::RedisConnectionInfo::default();
-        let mut prefix = DEFAULT_PREFIX.to_owned();
-        let mut timeout = DEFAULT_TIMEOUT;
-        for part in config
-            .trim_end_matches(';')
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let Some((name, value)) = part.split_once('=') else {
-                return Err(bad(format!("`{part}` is not `name=value`")));
-            };
-            let value = value.trim();
-            match name.trim() {
-                "network" => match value {
-                    "tcp" => unix = false,
-                    "unix" => unix = true,
-                    _ => return Err(bad("network must be `tcp` or `unix`")),
-                },
-                "addr" => addr = Some(value.to_owned()),
-                "password" if !value.is_empty() => settings = settings.set_password(value),
-                "username" if !value.is_empty() => settings = settings.set_username(value),
-                "password" | "username" => {}
-                "db" => {
-                    let db = value
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|db| *db >= 0)
-                        .ok_or_else(|| bad("db must be a non-negative integer"))?;
-                    settings = settings.set_db(db);
-                }
-                "prefix" => prefix = value.to_owned(),
-                "timeout_ms" => timeout = parse_timeout(value)?,
-                // One multiplexed connection replaces macaron's pool; nothing to tune.
-                "pool_size" | "idle_timeout" => {}
-                other => return Err(bad(format!("unknown setting `{other}`"))),
-            }
-        }
-        let addr = match (unix, addr) {
-            (true, Some(path)) => ConnectionAddr::Unix(path.into()),
-            (true, None) => return Err(bad("network=unix needs addr=<socket path>")),
-            (false, Some(addr)) => {
-                let (h, p) = addr
-                    .rsplit_once(':')
-                    .ok_or_else(|| bad("addr must be host:port"))?;
-                port = p.parse().map_err(|_| bad("addr has an invalid port"))?;
-                host = h.trim_start_matches('[').trim_end_matches(']').to_owned();
-                ConnectionAddr::Tcp(host, port)
-            }
-            (false, None) => ConnectionAddr::Tcp(host, port),
-        };
-        let info = addr
-            .into_connection_info()
-            .map_err(|e| bad(e.to_string()))?
-            .set_redis_settings(settings);
-        Ok(Config {
-            info,
-            prefix,
-            timeout,
-        })
-    }
-
-    fn parse_url(config: &str) -> Result<Self> {
-        let mut url = url::Url::parse(config).map_err(|e| bad(format!("invalid URL: {e}")))?;
-        if !matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
-            return Err(bad(
-                "the URL scheme must be redis, rediss, redis+unix or unix",
-            ));
-        }
-        if url.fragment().is_some() {
-            return Err(bad(
-                "URL fragments (such as #insecure) are refused: certificates are always checked",
-            ));
-        }
-        let mut prefix = DEFAULT_PREFIX.to_owned();
-        let mut timeout = DEFAULT_TIMEOUT;
-        let mut rest = Vec::new();
-        for (name, value) in url.query_pairs() {
-            match &*name {
-                "prefix" => prefix = value.into_owned(),
-                "timeout_ms" => timeout = parse_timeout(&value)?,
-                "pool_size" | "idle_timeout" => {}
-                _ => rest.push((name.into_owned(), value.into_owned())),
-            }
-        }
-        if rest.is_empty() {
-            url.set_query(None);
-        } else {
-            url.query_pairs_mut().clear().extend_pairs(rest);
-        }
-        let info = url
-            .into_connection_info()
-            .map_err(|e| bad(format!("invalid URL: {e}")))?;
-        Ok(Config {
-            info,
-            prefix,
-            timeout,
-        })
-    }
-}
-
-fn parse_timeout(value: &str) -> Result<Duration> {
-    value
-        .parse::<u64>()
-        .ok()
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
-        .ok_or_else(|| bad("timeout_ms must be a positive integer"))
-}
-
-fn bad(reason: impl fmt::Display) -> Error {
-    ProviderContext::error(NAME, reason)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn macaron_settings() {
-        let c = Config::parse(
-            "network=tcp,addr=10.0.0.1:6380,password=pw,db=2,pool_size=100,idle_timeout=180,prefix=app:;",
-        )
-        .unwrap();
-        assert_eq!(c.info.addr().to_string(), "10.0.0.1:6380");
-        assert_eq!(c.info.redis_settings().db(), 2);
-        assert_eq!(c.info.redis_settings().password(), Some("pw"));
-        assert_eq!(c.prefix, "app:");
-        assert_eq!(c.timeout, DEFAULT_TIMEOUT);
-        let d = Config::parse("").unwrap();
-        assert_eq!(d.info.addr().to_string(), "127.0.0.1:6379");
-        assert_eq!(d.prefix, DEFAULT_PREFIX);
-        for bad in [
-            "addr=nope",
-            "db=-1",
-            "color=red",
-            "timeout_ms=0",
-            "network=udp",
-        ] {
-            assert!(Config::parse(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn urls() {
-        let c =
-            Config::parse("redis://:s%2Cecret@127.0.0.1:7000/3?prefix=x:&timeout_ms=250").unwrap();
-        assert_eq!(c.info.addr().to_string(), "127.0.0.1:7000");
-        assert_eq!(c.info.redis_settings().db(), 3);
-        assert_eq!(c.info.redis_settings().password(), Some("s,ecret"));
-        assert_eq!(c.prefix, "x:");
-        assert_eq!(c.timeout, Duration::from_millis(250));
-        let tls = Config::parse("rediss://example.com").unwrap();
-        assert!(matches!(
-            tls.info.addr(),
-            ConnectionAddr::TcpTls {
-                insecure: false,
-                ..
-            }
-        ));
-        assert!(Config::parse("rediss://example.com#insecure").is_err());
-        assert!(Config::parse("http://example.com").is_err());
-    }
 
     #[test]
     fn debug_hides_the_password() {
