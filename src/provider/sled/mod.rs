@@ -89,9 +89,32 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// How many decoded sessions the cache holds by default (see the module documentation).
 pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
 
-/// The sled provider. Cheap to share; the database closes when the last handle drops.
+/// The sled provider. Share it behind an `Arc`; dropping it stops the writer thread (waiting
+/// for a pass in progress), then writes and flushes what only the cache holds before the
+/// drop returns, so a `main` that drops its router loses nothing.
 pub struct SledProvider {
     inner: Arc<Inner>,
+    writer: Option<Writer>,
+}
+
+/// The write-behind thread, and the channel whose closing stops it.
+struct Writer {
+    stop: mpsc::Sender<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Drop for SledProvider {
+    fn drop(&mut self) {
+        if let Some(Writer { stop, thread }) = self.writer.take() {
+            drop(stop);
+            // A pass in progress holds the database; wait for it, so the last writes and the
+            // flush happen here (`Inner`'s drop, when `inner` goes next), not on the writer
+            // thread after the process may have ended.
+            if thread.join().is_err() {
+                tracing::warn!("the sled writer thread panicked");
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -106,8 +129,6 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     /// The bound of one shard, in entries (at least 1).
     per_shard: usize,
-    /// Dropped with the provider: tells the writer thread to stop.
-    _stop: mpsc::Sender<()>,
 }
 
 impl fmt::Debug for SledProvider {
@@ -207,16 +228,18 @@ impl SledProvider {
             bucket_ms: (lifetime_ms / BUCKETS_PER_LIFETIME).max(1),
             shards: (0..shards).map(|_| Mutex::default()).collect(),
             per_shard: capacity.div_ceil(shards),
-            _stop: stop,
         });
         let weak = Arc::downgrade(&inner);
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("sessioner-sled-writer".into())
             .spawn(move || write_behind(&weak, &stopped, pass_every))
             .map_err(|e| {
                 ProviderContext::error(NAME, format!("cannot start the writer thread: {e}"))
             })?;
-        Ok(SledProvider { inner })
+        Ok(SledProvider {
+            inner,
+            writer: Some(Writer { stop, thread }),
+        })
     }
 
     /// The registry factory (`sled` and `ledis`): the config is the data directory, or
@@ -453,6 +476,7 @@ mod tests {
         // Asked from a thread of its own, so a call that blocks cannot hang the suite.
         let share = || SledProvider {
             inner: Arc::clone(&p.inner),
+            writer: None,
         };
         let (answer_tx, answer) = mpsc::channel();
         let (asking, asked, probe) = (share(), sid.clone(), changes.clone());
@@ -523,5 +547,76 @@ mod tests {
         assert!(p.save(&b, &change("3")).await.unwrap());
         assert_eq!(stored(&a), "2");
         assert_eq!(p.load(&b).await.unwrap().unwrap().values["k"], "3");
+    }
+
+    /// Dropping the provider while the writer thread is in a pass waits for the pass, then
+    /// writes and flushes before the drop returns: a `main` that drops its router and
+    /// returns loses nothing.
+    #[test]
+    fn dropping_the_provider_mid_pass_writes_and_flushes_before_returning() {
+        use std::sync::mpsc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let clock = Clock::system();
+        let hour = Duration::from_secs(3600);
+        let pass = Duration::from_millis(5);
+        let p = SledProvider::open_with_writer(&path, clock.clone(), hour, 1000, pass).unwrap();
+        let sid = SessionId::generate(32).unwrap();
+        let key = sid.storage_key();
+        let record = Record {
+            values: [("k".to_owned(), "1".to_owned())].into(),
+            expires_at: clock.now_ms() + 3_600_000,
+            absolute_deadline: None,
+        };
+        assert!(p.inner.create(&key, &record).unwrap());
+        let changes = ChangeSet {
+            set: vec![("k".to_owned(), "2".to_owned())],
+            expires_at: clock.now_ms() + 3_600_000,
+            ..Default::default()
+        };
+        assert!(
+            p.inner.save(&key, &changes).unwrap(),
+            "a change only the cache holds"
+        );
+
+        // Hold the session's shard, then wait until the writer is in a pass (it holds the
+        // database: a second strong handle), stuck on that shard.
+        let inner = Arc::clone(&p.inner);
+        let guard = inner.lock(key.as_bytes());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&inner) < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no writer pass started"
+            );
+            thread::yield_now();
+        }
+        let (dropped_tx, dropped) = mpsc::channel();
+        thread::spawn(move || {
+            drop(p);
+            let _ = dropped_tx.send(());
+        });
+        assert!(
+            dropped.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the drop returned while the writer still held the database"
+        );
+        drop(guard);
+        drop(inner);
+        dropped.recv().unwrap();
+
+        // sled releases its directory lock from a thread of its own just after: retried.
+        let reopened = (0..1_000_000)
+            .find_map(|_| match SledProvider::open(&path, clock.clone()) {
+                Ok(p) => Some(p),
+                Err(Error::ProviderConfig { reason, .. }) if reason.contains("in use") => {
+                    thread::yield_now();
+                    None
+                }
+                Err(e) => panic!("cannot reopen: {e}"),
+            })
+            .expect("the directory stayed locked");
+        let values = reopened.inner.load(&key).unwrap().unwrap().values;
+        assert_eq!(values["k"], "2");
     }
 }
