@@ -83,7 +83,7 @@ async fn plant(depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
 
 fn service(options: Options) -> Arc<Service> {
     let router = Router::new()
-        .hoop(options.build().unwrap())
+        .hoop(common::build(options))
         .push(Router::with_path("set").get(set_next))
         .push(Router::with_path("now").get(set_now))
         .push(Router::with_path("show").get(show))

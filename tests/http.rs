@@ -50,6 +50,7 @@ common::per_backend!(
 fn memory() -> Options {
     Options {
         provider: "memory".into(),
+        section: common::SECTION.into(),
         ..Default::default()
     }
 }
@@ -58,8 +59,74 @@ fn file(dir: &TempDir) -> Options {
     Options {
         provider: "file".into(),
         provider_config: dir.path().join("s").to_string_lossy().into_owned(),
+        section: common::SECTION.into(),
         ..Default::default()
     }
+}
+
+/// What a developer's shell may hold for macaron's default section `session`.
+const SHELL_SESSION_VARIABLES: [(&str, &str); 10] = [
+    ("SESSION_PROVIDER", "bogus"),
+    ("SESSION_PROVIDER_CONFIG", "/nonexistent/sessions"),
+    ("SESSION_COOKIE_NAME", "hijacked"),
+    ("SESSION_COOKIE_PATH", "/elsewhere"),
+    ("SESSION_ID_LENGTH", "20"),
+    ("SESSION_SECURE", "true"),
+    ("SESSION_DOMAIN", "evil.example"),
+    ("SESSION_COOKIE_LIFE_TIME", "5"),
+    ("SESSION_SAME_SITE", "strict"),
+    ("SESSION_MAX_LIFE_TIME", "1"),
+];
+/// Set (to `1`) only in the child process of the hygiene test.
+const HYGIENE_CHILD: &str = "SESSIONER_TEST_HYGIENE_CHILD";
+
+/// Hygiene: `SESSION_*` variables in the developer's shell change no result. The variables
+/// are process-global and `set_var` is unsafe, so the test binary runs itself as a child
+/// with them set: a few flows over every option (their services read the private section
+/// [`common::SECTION`]), plus a probe proving the variables do reach a service that reads
+/// the default section.
+#[test]
+fn hygiene_session_variables_in_the_shell_change_nothing() {
+    let tests = [
+        "hygiene_probe_the_shell_variables_reach_the_default_section",
+        "memory::macaron_flow_set_regenerate_then_read_delete_destroy",
+        "file::l2_bug3_destroy_is_final_and_the_deletion_cookie_repeats_every_attribute",
+        "c1_defaults_are_httponly_lax_path_root_and_a_browser_session_cookie",
+    ];
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(tests)
+        .args(["--exact", "--test-threads=1"])
+        .envs(SHELL_SESSION_VARIABLES)
+        .env(HYGIENE_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("{} passed", tests.len())),
+        "with SESSION_* set in the environment:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn hygiene_probe_the_shell_variables_reach_the_default_section() {
+    if std::env::var_os(HYGIENE_CHILD).is_none() {
+        return;
+    }
+    let svc = Arc::new(Service::new(router(
+        Options {
+            provider: "memory".into(),
+            provider_config: "max_sessions=10".into(),
+            ..Default::default()
+        }
+        .build()
+        .unwrap(),
+    )));
+    let r = Browser::new(svc).get("/set?key=k&value=v").await;
+    assert!(
+        r.cookie("hijacked").is_some(),
+        "the child did not get the SESSION_* variables"
+    );
 }
 
 /// An error body may be Salvo's generic error page, but never carries backend or session detail.
@@ -708,7 +775,7 @@ async fn l3_a_slow_request_cannot_revive_a_logged_out_session(options: Options) 
         loaded: loaded.clone(),
         proceed: proceed.clone(),
     };
-    let handler = options.build().unwrap();
+    let handler = common::build(options);
     let svc = Arc::new(Service::new(
         router(handler).push(Router::with_path("slow").get(slow)),
     ));
@@ -1093,7 +1160,7 @@ async fn edit_in_one_request(depot: &mut Depot) -> Result<String, Error> {
 
 async fn values_set_read_and_deleted_in_one_request_are_saved_as_last_seen(options: Options) {
     let svc = Arc::new(Service::new(
-        router(options.build().unwrap()).push(Router::with_path("edit").get(edit_in_one_request)),
+        router(common::build(options)).push(Router::with_path("edit").get(edit_in_one_request)),
     ));
     let mut b = Browser::new(svc);
     b.get("/set?key=kept&value=9").await;

@@ -150,8 +150,30 @@ pub fn router(handler: Sessioner) -> Router {
         .push(Router::with_path("hello").get(hello))
 }
 
+/// The config section the test services read unset options from: a name no shell sets, so
+/// `SESSION_*` variables (or any other section's) in the developer's environment cannot
+/// change a result. Options that name a section of their own keep it.
+pub const SECTION: &str = "sessioner_test_suite_private";
+
+/// `options` reading unset values from [`SECTION`] unless they name a section themselves.
+pub fn isolated(options: Options) -> Options {
+    if options.section.is_empty() {
+        Options {
+            section: SECTION.into(),
+            ..options
+        }
+    } else {
+        options
+    }
+}
+
+/// The middleware for `options`, [`isolated`] from the environment.
+pub fn build(options: Options) -> Sessioner {
+    isolated(options).build().unwrap()
+}
+
 pub fn service(options: Options) -> Arc<Service> {
-    Arc::new(Service::new(router(options.build().unwrap())))
+    Arc::new(Service::new(router(build(options))))
 }
 
 /// One HTTP exchange as a browser sees it.
@@ -278,6 +300,7 @@ pub fn backend(name: &str) -> Backend {
         options: Options {
             provider: provider.into(),
             provider_config,
+            section: SECTION.into(),
             ..Default::default()
         },
         guard,
