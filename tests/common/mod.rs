@@ -4,13 +4,14 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use salvo::http::StatusCode;
 use salvo::http::cookie::Cookie;
 use salvo::prelude::*;
 use salvo::test::{ResponseExt, TestClient};
 use sessioner::{Options, SessionDepotExt, Sessioner};
-use tokio::sync::Notify;
+use tokio::sync::{Barrier, Notify};
 
 fn q(req: &Request, name: &str) -> String {
     req.query::<String>(name).unwrap_or_default()
@@ -20,6 +21,29 @@ fn q(req: &Request, name: &str) -> String {
 async fn get(req: &mut Request, depot: &mut Depot) -> Result<String, sessioner::Error> {
     let v = depot.session()?.get::<String>(&q(req, "key")).await?;
     Ok(v.unwrap_or_else(|| "none".into()))
+}
+
+/// `get`, after parsing the form body, as a handler reading a POSTed form does.
+#[handler]
+async fn form_get(req: &mut Request, depot: &mut Depot) -> Result<String, sessioner::Error> {
+    let posted = req.form::<String>("sessioner").await;
+    let v = depot.session()?.get::<String>(&q(req, "key")).await?;
+    Ok(format!(
+        "{} (form field: {})",
+        v.unwrap_or_else(|| "none".into()),
+        posted.map_or("absent", |_| "present")
+    ))
+}
+
+/// `set`, after parsing the form body.
+#[handler]
+async fn form_set(req: &mut Request, depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
+    let _ = req.form::<String>("sessioner").await;
+    depot
+        .session()?
+        .set(&q(req, "key"), &q(req, "value"))
+        .await?;
+    Ok("ok")
 }
 
 #[handler]
@@ -106,10 +130,17 @@ async fn hello() -> &'static str {
     "hello"
 }
 
-/// A request that loads the session, signals `loaded`, waits for `proceed`, then writes.
-pub struct Slow {
-    pub loaded: Arc<Notify>,
-    pub proceed: Arc<Notify>,
+/// A request that loads the session, is held, then writes `key=value`; with
+/// `then=regenerate` it regenerates the id first (a slow login).
+pub enum Slow {
+    /// Held by the test: signals `loaded`, then waits for `proceed`.
+    Signal {
+        loaded: Arc<Notify>,
+        proceed: Arc<Notify>,
+    },
+    /// Held until every request sharing the barrier has loaded too (bounded: after 10 s it
+    /// answers `barrier timed out` and writes nothing).
+    Barrier(Arc<Barrier>),
 }
 
 #[async_trait]
@@ -123,9 +154,23 @@ impl Handler for Slow {
     ) {
         let Ok(s) = depot.session() else { return };
         let _ = s.get::<String>("user").await;
-        self.loaded.notify_one();
-        self.proceed.notified().await;
-        match s.set(&q(req, "key"), &q(req, "value")).await {
+        match self {
+            Slow::Signal { loaded, proceed } => {
+                loaded.notify_one();
+                proceed.notified().await;
+            }
+            Slow::Barrier(barrier) => {
+                let wait = tokio::time::timeout(Duration::from_secs(10), barrier.wait()).await;
+                if wait.is_err() {
+                    return res.render("barrier timed out");
+                }
+            }
+        }
+        let regenerated = match q(req, "then").as_str() {
+            "regenerate" => s.regenerate_id().await.map(drop),
+            _ => Ok(()),
+        };
+        match regenerated.and(s.set(&q(req, "key"), &q(req, "value")).await) {
             Ok(()) => res.render("ok"),
             Err(e) => res.render(e.to_string()),
         }
@@ -137,6 +182,8 @@ pub fn router(handler: Sessioner) -> Router {
     Router::new()
         .hoop(handler)
         .push(Router::with_path("get").get(get))
+        .push(Router::with_path("form_get").post(form_get))
+        .push(Router::with_path("form_set").post(form_set))
         .push(Router::with_path("set").get(set))
         .push(Router::with_path("delete").get(delete))
         .push(Router::with_path("flush").get(flush))
@@ -309,7 +356,8 @@ pub fn backend(name: &str) -> Backend {
 
 /// `per_backend!(flow, ..)`: for every built-in backend the enabled features offer, a module
 /// named after it (see [`backend`]) with one `#[tokio::test]` per flow, which runs
-/// `flow(options)` (an `async fn` of the invoking file) on fresh storage of that backend. So
+/// `flow(options)` (an `async fn` of the invoking file) on fresh storage of that backend, on a
+/// multi-thread runtime (two workers, so concurrent requests really overlap). So
 /// a failure names its backend, one failing backend hides no other, and
 /// `cargo test --test http sled` runs the sled flows only.
 #[allow(unused_macros)]
@@ -326,7 +374,7 @@ macro_rules! per_backend {
     (@module $backend:ident; $($flow:ident),*) => {
         mod $backend {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $flow() {
                     let $crate::common::Backend { options, guard } =
                         $crate::common::backend(stringify!($backend));
