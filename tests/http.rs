@@ -32,7 +32,7 @@ common::per_backend!(
     macaron_flow_set_regenerate_then_read_delete_destroy,
     regenerating_a_session_created_in_the_same_request,
     gc_removes_sessions_idle_past_their_lifetime,
-    s2_hostile_cookies_are_treated_as_no_session,
+    s2_hostile_cookies_reach_no_provider_call,
     s3_a_planted_id_is_never_adopted,
     s6_the_id_is_read_from_the_cookie_only,
     l1_bug2_regenerate_kills_the_old_id_and_moves_everything,
@@ -315,40 +315,82 @@ const HOSTILE: [&str; 7] = [
     "../s/../../x",
 ];
 
-async fn s2_hostile_cookies_are_treated_as_no_session(options: Options) {
-    let svc = service(options);
-    let long = "a".repeat(10_000);
-    for value in HOSTILE.iter().copied().chain([long.as_str()]) {
-        let mut b = Browser::with_cookie(svc.clone(), C, value);
-        let r = b.get("/get?key=k").await;
-        assert_eq!(
-            (r.status, r.body.as_str()),
-            (StatusCode::OK, "none"),
-            "{value:?}"
-        );
-        let r = b.get("/set?key=k&value=v").await;
-        assert_eq!(r.status, StatusCode::OK, "{value:?}");
-        let issued = r
-            .cookie(C)
-            .expect("a fresh id is issued")
-            .value()
-            .to_owned();
-        assert!(SessionId::parse(&issued, 32).is_ok());
+/// Cookie values that must never reach a provider with a 32-character id length, as raw
+/// header bytes: the [`HOSTILE`] set, wrong lengths, a non-hex letter, non-ASCII, 10 KB.
+fn hostile_cookie_values() -> Vec<Vec<u8>> {
+    let mut values: Vec<Vec<u8>> = HOSTILE.iter().map(|v| v.as_bytes().to_vec()).collect();
+    let hex = "0123456789abcdef".repeat(8);
+    for value in [
+        &hex[..31],
+        &hex[..33],
+        &hex[..64],
+        "0123456789abcdeg0123456789abcdef",
+    ] {
+        values.push(value.as_bytes().to_vec());
     }
-    let mut non_ascii = TestClient::get("http://127.0.0.1:5800/set?key=k&value=v")
-        .add_header(
-            "cookie",
-            HeaderValue::from_bytes(b"sessioner=caf\xc3\xa9").unwrap(),
-            true,
-        )
-        .send(&*svc)
-        .await;
-    assert_eq!(
-        non_ascii.status_code.unwrap_or(StatusCode::OK),
-        StatusCode::OK
-    );
-    assert!(non_ascii.cookies().get(C).is_some());
-    let _ = salvo::test::ResponseExt::take_string(&mut non_ascii).await;
+    values.push(b"caf\xc3\xa9".to_vec());
+    values.push(b"0123456789abcdef0123456789abcd\xc3\xa9".to_vec());
+    values.push(vec![b'a'; 10_000]);
+    values
+}
+
+/// S2, counted: with every hostile cookie, the routes that only read, delete or destroy make
+/// no provider call at all, and a write makes exactly one `create` (of a fresh id, which the
+/// response sets); every answer is a `200`. A well-formed cookie does reach the provider.
+async fn s2_hostile_cookies_reach_no_provider_call(options: Options) {
+    let (options, calls) = common::counting(options);
+    let svc = service(options);
+    let mut b = Browser::new(svc.clone());
+    b.get("/set?key=k&value=v").await;
+    assert_eq!(calls.take(), ["create"]);
+    assert_eq!(b.get("/get?key=k").await.body, "v");
+    assert!(!calls.take().is_empty(), "a well-formed cookie is loaded");
+
+    for value in hostile_cookie_values() {
+        let shown = String::from_utf8_lossy(&value[..value.len().min(40)]).into_owned();
+        let mut cookie = format!("{C}=").into_bytes();
+        cookie.extend(&value);
+        let cookie = HeaderValue::from_bytes(&cookie).unwrap();
+        for path in [
+            "/get?key=k",
+            "/id",
+            "/delete?key=k",
+            "/flush",
+            "/destroy",
+            "/set?key=k&value=v",
+        ] {
+            let r = Browser::new(svc.clone())
+                .send(
+                    TestClient::get(format!("http://127.0.0.1:5800{path}")).add_header(
+                        "cookie",
+                        cookie.clone(),
+                        true,
+                    ),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{shown:?} {path}");
+            let reached = calls.take();
+            if path.starts_with("/set") {
+                assert_eq!(reached, ["create"], "{shown:?} {path}");
+                let issued = r
+                    .cookie(C)
+                    .expect("a fresh id is issued")
+                    .value()
+                    .to_owned();
+                assert!(SessionId::parse(&issued, 32).is_ok());
+            } else {
+                assert_eq!(
+                    reached,
+                    [] as [&str; 0],
+                    "{shown:?} {path} reached the provider"
+                );
+                assert!(
+                    ["none", "ok"].contains(&r.body.as_str()),
+                    "{shown:?} {path}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]

@@ -3,14 +3,17 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use salvo::http::StatusCode;
 use salvo::http::cookie::Cookie;
 use salvo::prelude::*;
 use salvo::test::{ResponseExt, TestClient};
-use sessioner::{Options, SessionDepotExt, Sessioner};
+use sessioner::{
+    ChangeSet, Options, Provider, Record, Regenerated, SessionDepotExt, SessionId, Sessioner,
+};
 use tokio::sync::{Barrier, Notify};
 
 fn q(req: &Request, name: &str) -> String {
@@ -301,6 +304,98 @@ impl Browser {
     pub fn cookie(&self, name: &str) -> Option<String> {
         self.jar.get(name).cloned()
     }
+}
+
+/// The provider calls a [`Counting`] provider saw, by method name, in order.
+#[derive(Debug, Default)]
+pub struct Calls(Mutex<Vec<&'static str>>);
+
+impl Calls {
+    fn note(&self, method: &'static str) {
+        self.0.lock().unwrap().push(method);
+    }
+
+    /// The calls seen since the last `take`.
+    pub fn take(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// A backend's real provider behind a wrapper that notes every call in [`Calls`] and passes
+/// it on unchanged (the fast paths included).
+#[derive(Debug)]
+pub struct Counting {
+    calls: Arc<Calls>,
+    inner: Arc<dyn Provider>,
+}
+
+#[async_trait]
+impl Provider for Counting {
+    async fn load(&self, id: &SessionId) -> sessioner::Result<Option<Record>> {
+        self.calls.note("load");
+        self.inner.load(id).await
+    }
+    fn load_now(&self, id: &SessionId) -> Option<sessioner::Result<Option<Record>>> {
+        self.calls.note("load_now");
+        self.inner.load_now(id)
+    }
+    async fn create(&self, id: &SessionId, record: &Record) -> sessioner::Result<bool> {
+        self.calls.note("create");
+        self.inner.create(id, record).await
+    }
+    async fn save(&self, id: &SessionId, changes: &ChangeSet) -> sessioner::Result<bool> {
+        self.calls.note("save");
+        self.inner.save(id, changes).await
+    }
+    fn save_now(&self, id: &SessionId, changes: &ChangeSet) -> Option<sessioner::Result<bool>> {
+        self.calls.note("save_now");
+        self.inner.save_now(id, changes)
+    }
+    async fn destroy(&self, id: &SessionId) -> sessioner::Result<()> {
+        self.calls.note("destroy");
+        self.inner.destroy(id).await
+    }
+    async fn regenerate(&self, old: &SessionId, new: &SessionId) -> sessioner::Result<Regenerated> {
+        self.calls.note("regenerate");
+        self.inner.regenerate(old, new).await
+    }
+    async fn exists(&self, id: &SessionId) -> sessioner::Result<bool> {
+        self.calls.note("exists");
+        self.inner.exists(id).await
+    }
+    async fn count(&self) -> sessioner::Result<usize> {
+        self.calls.note("count");
+        self.inner.count().await
+    }
+    async fn gc(&self) -> sessioner::Result<usize> {
+        self.calls.note("gc");
+        self.inner.gc().await
+    }
+}
+
+/// `options` with its provider (built by name, as `sessioner(..)` would) behind a
+/// [`Counting`] wrapper, registered under a name of its own; and the calls it sees.
+pub fn counting(options: Options) -> (Options, Arc<Calls>) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let inner = options.provider.clone();
+    let name = format!(
+        "counting-{inner}-{}",
+        NEXT.fetch_add(1, AtomicOrdering::Relaxed)
+    );
+    let calls = Arc::new(Calls::default());
+    let seen = Arc::clone(&calls);
+    sessioner::register(&name, move |ctx| {
+        Ok(Arc::new(Counting {
+            calls: Arc::clone(&seen),
+            inner: sessioner::provider::build(&inner, ctx)?,
+        }) as Arc<dyn Provider>)
+    })
+    .unwrap();
+    let options = Options {
+        provider: name,
+        ..options
+    };
+    (options, calls)
 }
 
 #[cfg(feature = "redis")]
