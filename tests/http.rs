@@ -34,6 +34,7 @@ common::per_backend!(
     gc_removes_sessions_idle_past_their_lifetime,
     s2_hostile_cookies_reach_no_provider_call,
     s3_a_planted_id_is_never_adopted,
+    s5_a_store_dump_holds_no_cookie_value,
     s6_the_id_is_read_from_the_cookie_only,
     l1_bug2_regenerate_kills_the_old_id_and_moves_everything,
     l2_bug3_destroy_is_final_and_the_deletion_cookie_repeats_every_attribute,
@@ -412,6 +413,60 @@ async fn s2_hostile_cookies_write_nothing_outside_the_file_store() {
         "nothing is written outside the store directory"
     );
     assert_eq!(walk(&dir.path().join("s")), HOSTILE.len());
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// S5 on what each backend really stores: after logins, a regenerate, a flash and a logout,
+/// no file name or content, sled key or value, redis key, field or value holds any cookie
+/// value issued (as text or as the bytes its hex spells). The search finds what is there:
+/// each live session's storage key and the values written.
+async fn s5_a_store_dump_holds_no_cookie_value(options: Options) {
+    let storage = options.clone();
+    let svc = service(options);
+    let mut issued = Vec::new();
+    let mut ann = Browser::new(svc.clone());
+    ann.get("/set?key=user&value=marker-ann").await;
+    issued.push(ann.cookie(C).unwrap());
+    ann.get("/regenerate?key=role&value=marker-admin").await;
+    issued.push(ann.cookie(C).unwrap());
+    let mut bob = Browser::new(svc.clone());
+    bob.get("/set_then_regenerate?key=user&value=marker-bob")
+        .await;
+    issued.push(bob.cookie(C).unwrap());
+    let mut gone = Browser::new(svc.clone());
+    gone.get("/set?key=user&value=marker-gone").await;
+    issued.push(gone.cookie(C).unwrap());
+    gone.get("/destroy").await;
+    let live = [ann.cookie(C).unwrap(), bob.cookie(C).unwrap()];
+    assert_eq!(ann.get("/count").await.body, "2");
+    drop((svc, ann, bob, gone));
+
+    let Some(dump) = common::dump(&storage) else {
+        return; // memory: nothing leaves the process
+    };
+    for id in &issued {
+        let raw: Vec<u8> = (0..id.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap())
+            .collect();
+        for (place, bytes) in &dump {
+            assert!(!holds(bytes, id.as_bytes()), "{place} holds a cookie value");
+            assert!(!holds(bytes, &raw), "{place} holds a cookie's bytes");
+        }
+    }
+    let found = |needle: &[u8]| dump.iter().any(|(_, bytes)| holds(bytes, needle));
+    for id in &live {
+        let key = SessionId::parse(id, 32).unwrap().storage_key();
+        assert_ne!(&key, id);
+        assert!(found(key.as_bytes()), "the dump misses a live storage key");
+    }
+    for value in ["marker-ann", "marker-admin", "marker-bob"] {
+        assert!(found(value.as_bytes()), "the dump misses the value {value}");
+    }
 }
 
 async fn s3_a_planted_id_is_never_adopted(options: Options) {

@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -447,6 +448,112 @@ pub fn backend(name: &str) -> Backend {
         },
         guard,
     }
+}
+
+/// Everything a backend configured by `options` holds on storage, as (where, bytes) pairs a
+/// test can search: `None` for `memory` (nothing outside the process).
+/// - file: each file's path (relative to the root) and, separately, its contents;
+/// - sled: each tree's keys and values read through sled, then every file of the
+///   directory raw; the provider must be closed (its handler dropped) first;
+/// - redis: every key of the database (not only the prefix), and every member, field and
+///   value of it, whatever its type.
+pub fn dump(options: &Options) -> Option<Vec<(String, Vec<u8>)>> {
+    let config = options.provider_config.as_str();
+    match options.provider.as_str() {
+        "memory" => None,
+        "file" => Some(dump_files(Path::new(config.split(',').next().unwrap()))),
+        #[cfg(feature = "sled")]
+        "sled" => Some(dump_sled(Path::new(config))),
+        #[cfg(feature = "redis")]
+        "redis" => Some(dump_redis(config.split('?').next().unwrap())),
+        other => panic!("no dump for provider {other:?}"),
+    }
+}
+
+/// Every file below `root`: its relative path, and its contents.
+fn dump_files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            out.push((format!("file name {name}"), name.clone().into_bytes()));
+            out.push((format!("file {name}"), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+#[cfg(feature = "sled")]
+fn dump_sled(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    {
+        let db = sled::open(dir).expect("the sled directory, closed by its provider");
+        for name in db.tree_names() {
+            let tree = db.open_tree(&name).unwrap();
+            let tree_name = String::from_utf8_lossy(&name).into_owned();
+            for pair in tree.iter() {
+                let (k, v) = pair.unwrap();
+                out.push((format!("sled {tree_name} key"), k.to_vec()));
+                out.push((format!("sled {tree_name} value"), v.to_vec()));
+            }
+        }
+    }
+    out.extend(dump_files(dir));
+    out
+}
+
+#[cfg(feature = "redis")]
+fn dump_redis(url: &str) -> Vec<(String, Vec<u8>)> {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut conn)
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
+        let fetch = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(&key).clone(),
+            "hash" => redis::cmd("HGETALL").arg(&key).clone(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).clone(),
+            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).clone(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .clone(),
+            "none" => continue, // deleted since the scan
+            other => panic!("a redis key of type {other} cannot be searched yet"),
+        };
+        let parts: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![fetch.query(&mut conn).unwrap()],
+            _ => fetch.query(&mut conn).unwrap(),
+        };
+        let name = String::from_utf8_lossy(&key).into_owned();
+        for part in parts {
+            out.push((format!("redis {kind} {name}"), part));
+        }
+        out.push((format!("redis key {name}"), key));
+    }
+    out
 }
 
 /// `per_backend!(flow, ..)`: for every built-in backend the enabled features offer, a module
