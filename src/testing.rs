@@ -96,7 +96,8 @@ macro_rules! __conformance {
             use super::*;
 
             $crate::__conformance!(@clauses $make;
-                load_of_missing_is_none, create_is_insert_if_absent, save_merges_per_key,
+                load_of_missing_is_none, create_is_insert_if_absent,
+                racing_creates_of_one_id_have_one_winner, save_merges_per_key,
                 deleting_the_last_key_persists, save_refreshes_expiry, save_never_recreates,
                 regenerate_moves_atomically, regenerate_never_overwrites,
                 expired_records_read_as_absent, count_sees_only_live_records,
@@ -225,6 +226,45 @@ pub async fn create_is_insert_if_absent(p: Arc<dyn Provider>) {
     );
     assert_eq!(load_values(&*p, &a).await, map(&[("k", "1")]));
     assert!(p.exists(&a).await.unwrap(), "exists missed a live record");
+}
+
+/// `create`, racing: two tasks released together by a barrier create one id with different
+/// records, 32 times over (a fresh id each round). Exactly one create returns `true`, and the
+/// stored record is the winner's. Run it on a multi-thread runtime (as [`conformance!`]
+/// does), so the two creates really overlap.
+pub async fn racing_creates_of_one_id_have_one_winner(p: Arc<dyn Provider>) {
+    for round in 0..32 {
+        let a = id();
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let racers: Vec<_> = ["first", "second"]
+            .into_iter()
+            .map(|who| {
+                let (p, a, barrier) = (Arc::clone(&p), a.clone(), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    (who, p.create(&a, &live(&[("who", who)])).await.unwrap())
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for racer in racers {
+            let (who, won) = racer.await.unwrap();
+            if won {
+                winners.push(who);
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} of two racing creates of one id reported success",
+            winners.len()
+        );
+        assert_eq!(
+            load_values(&*p, &a).await,
+            map(&[("who", winners[0])]),
+            "round {round}: the stored record is not the winner's"
+        );
+    }
 }
 
 /// `save`: applies a change set per key (sets, deletes, flush) and returns `true` on a live

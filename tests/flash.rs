@@ -13,9 +13,11 @@ use askama::Template;
 use common::Browser;
 use salvo::http::StatusCode;
 use salvo::prelude::*;
-use sessioner::{Flash, Level, Options, SessionDepotExt};
+use sessioner::{ChangeSet, Flash, Level, Options, Provider, SessionDepotExt, SessionId};
 
 const C: &str = "sessioner";
+/// Where the middleware keeps the outgoing flash in the session record.
+const FLASH_KEY: &str = "__sessioner.flash";
 
 // The flows every built-in backend must pass: `memory::<flow>`, `sled::<flow>`, ...
 common::per_backend!(
@@ -25,6 +27,7 @@ common::per_backend!(
     f4_now_messages_show_in_this_response_and_never_reach_storage,
     f2_templates_read_the_flash_and_escape_it,
     f1_a_flash_cannot_be_planted_by_the_client,
+    f1_a_damaged_stored_flash_shows_nothing_and_is_cleared,
     f3_long_messages_never_make_a_cookie_over_4kb,
     demo_full_browser_flow,
 );
@@ -82,14 +85,21 @@ async fn plant(depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
 }
 
 fn service(options: Options) -> Arc<Service> {
+    app(options).0
+}
+
+/// The flash test app over `options`, and its provider.
+fn app(options: Options) -> (Arc<Service>, Arc<dyn Provider>) {
+    let handler = common::build(options);
+    let provider = Arc::clone(handler.provider());
     let router = Router::new()
-        .hoop(options.build().unwrap())
+        .hoop(handler)
         .push(Router::with_path("set").get(set_next))
         .push(Router::with_path("now").get(set_now))
         .push(Router::with_path("show").get(show))
         .push(Router::with_path("page").get(page))
         .push(Router::with_path("plant").get(plant));
-    Arc::new(Service::new(router))
+    (Arc::new(Service::new(router)), provider)
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -192,17 +202,75 @@ async fn f1_a_flash_cannot_be_planted_by_the_client(options: Options) {
     assert_eq!(json(&b.get("/show").await.body)["SuccessMsg"], "");
 }
 
+/// F3: no cookie ever carries a message, in any encoding: every `Set-Cookie` is the session
+/// cookie with a bare id, none holds the text, and none grows past 4 KB.
 async fn f3_long_messages_never_make_a_cookie_over_4kb(options: Options) {
     let mut b = Browser::new(service(options));
-    let long = "x".repeat(3_000);
+    let long = format!("F3-marker-{}", "x".repeat(3_000));
+    let mut cookies = Vec::new();
     for i in 0..50 {
         let r = b.get(&format!("/set?msg={long}{i}")).await;
-        for c in &r.set_cookies {
-            assert!(c.to_string().len() < 4096, "oversize Set-Cookie");
-        }
+        cookies.extend(r.set_cookies);
     }
-    let shown = json(&b.get("/show").await.body);
-    assert_eq!(shown["SuccessMsg"], format!("{long}49"));
+    let r = b.get("/show").await;
+    assert_eq!(json(&r.body)["SuccessMsg"], format!("{long}49"));
+    cookies.extend(r.set_cookies);
+    let r = b.get("/now?msg=F3-now-marker").await;
+    cookies.extend(r.set_cookies);
+    assert!(!cookies.is_empty(), "the first flash starts a session");
+    for c in &cookies {
+        let full = c.to_string();
+        let text = &full[..full.len().min(80)];
+        assert!(full.len() < 4096, "oversize Set-Cookie: {text}");
+        assert!(!full.contains("marker") && !full.contains("xxxx"), "{text}");
+        assert_eq!(c.name(), C, "a cookie other than the session's: {text}");
+        assert!(
+            c.value().len() == 32 && c.value().bytes().all(|b| b.is_ascii_hexdigit()),
+            "the session cookie carries more than an id: {text}"
+        );
+    }
+}
+
+/// F1: a stored flash that is damaged (truncated, garbage, the wrong shape) shows nothing,
+/// is cleared, and the session goes on: no error, no repeated failure.
+async fn f1_a_damaged_stored_flash_shows_nothing_and_is_cleared(options: Options) {
+    let (svc, provider) = app(options);
+    let damages: [fn(&str) -> String; 4] = [
+        |raw| raw[..raw.len() / 2].to_owned(),
+        |_| "garbage".into(),
+        |_| r#"{"SuccessMsg":1}"#.into(),
+        |_| "[]".into(),
+    ];
+    for (n, damage) in damages.into_iter().enumerate() {
+        let mut b = Browser::new(svc.clone());
+        b.get("/set?msg=Saved").await;
+        let sid = SessionId::parse(&b.cookie(C).unwrap(), 32).unwrap();
+        let record = provider.load(&sid).await.unwrap().unwrap();
+        let raw = record.values.get(FLASH_KEY).expect("the flash is stored");
+        let changes = ChangeSet {
+            set: vec![(FLASH_KEY.into(), damage(raw))],
+            expires_at: record.expires_at,
+            ..Default::default()
+        };
+        assert!(provider.save(&sid, &changes).await.unwrap());
+        for _ in 0..2 {
+            let r = b.get("/show").await;
+            assert_eq!(r.status, StatusCode::OK, "damage {n}");
+            let shown = json(&r.body);
+            for level in ["SuccessMsg", "ErrorMsg", "InfoMsg", "WarningMsg"] {
+                assert_eq!(shown[level], "", "damage {n} showed in {level}");
+            }
+        }
+        let record = provider
+            .load(&sid)
+            .await
+            .unwrap()
+            .expect("the session lives on");
+        assert!(
+            !record.values.contains_key(FLASH_KEY),
+            "damage {n} was kept"
+        );
+    }
 }
 
 fn demo_service(options: Options) -> Arc<Service> {

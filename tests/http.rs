@@ -23,7 +23,7 @@ use sessioner::{
     SessionId, register,
 };
 use tempfile::TempDir;
-use tokio::sync::Notify;
+use tokio::sync::{Barrier, Notify};
 
 const C: &str = "sessioner";
 
@@ -32,8 +32,10 @@ common::per_backend!(
     macaron_flow_set_regenerate_then_read_delete_destroy,
     regenerating_a_session_created_in_the_same_request,
     gc_removes_sessions_idle_past_their_lifetime,
-    s2_hostile_cookies_are_treated_as_no_session,
+    s2_hostile_cookies_reach_no_provider_call,
     s3_a_planted_id_is_never_adopted,
+    s5_a_store_dump_holds_no_cookie_value,
+    s6_the_id_is_read_from_the_cookie_only,
     l1_bug2_regenerate_kills_the_old_id_and_moves_everything,
     l2_bug3_destroy_is_final_and_the_deletion_cookie_repeats_every_attribute,
     bug4_flush_and_deleting_the_last_key_are_saved,
@@ -42,14 +44,20 @@ common::per_backend!(
     l4_bug10_expired_sessions_are_unreadable_before_gc,
     reads_keep_an_active_session_alive,
     l5_the_absolute_lifetime_is_not_extended_by_activity,
-    l7_bug14_concurrent_requests_changing_different_keys_all_persist,
+    l7_bug14_overlapping_requests_changing_different_keys_all_persist,
+    l1_a_regenerate_racing_a_save_moves_everything_and_kills_the_old_id,
     l3_a_slow_request_cannot_revive_a_logged_out_session,
+    l3_a_slow_request_cannot_revive_a_regenerated_session,
     values_set_read_and_deleted_in_one_request_are_saved_as_last_seen,
+    c1_bug7_every_cookie_carries_the_full_attribute_set,
+    c1_defaults_are_httponly_lax_path_root_and_a_browser_session_cookie,
+    c2_responses_that_set_or_clear_the_cookie_are_not_cached,
 );
 
 fn memory() -> Options {
     Options {
         provider: "memory".into(),
+        section: common::SECTION.into(),
         ..Default::default()
     }
 }
@@ -58,8 +66,74 @@ fn file(dir: &TempDir) -> Options {
     Options {
         provider: "file".into(),
         provider_config: dir.path().join("s").to_string_lossy().into_owned(),
+        section: common::SECTION.into(),
         ..Default::default()
     }
+}
+
+/// What a developer's shell may hold for macaron's default section `session`.
+const SHELL_SESSION_VARIABLES: [(&str, &str); 10] = [
+    ("SESSION_PROVIDER", "bogus"),
+    ("SESSION_PROVIDER_CONFIG", "/nonexistent/sessions"),
+    ("SESSION_COOKIE_NAME", "hijacked"),
+    ("SESSION_COOKIE_PATH", "/elsewhere"),
+    ("SESSION_ID_LENGTH", "20"),
+    ("SESSION_SECURE", "true"),
+    ("SESSION_DOMAIN", "evil.example"),
+    ("SESSION_COOKIE_LIFE_TIME", "5"),
+    ("SESSION_SAME_SITE", "strict"),
+    ("SESSION_MAX_LIFE_TIME", "1"),
+];
+/// Set (to `1`) only in the child process of the hygiene test.
+const HYGIENE_CHILD: &str = "SESSIONER_TEST_HYGIENE_CHILD";
+
+/// Hygiene: `SESSION_*` variables in the developer's shell change no result. The variables
+/// are process-global and `set_var` is unsafe, so the test binary runs itself as a child
+/// with them set: a few flows over every option (their services read the private section
+/// [`common::SECTION`]), plus a probe proving the variables do reach a service that reads
+/// the default section.
+#[test]
+fn hygiene_session_variables_in_the_shell_change_nothing() {
+    let tests = [
+        "hygiene_probe_the_shell_variables_reach_the_default_section",
+        "memory::macaron_flow_set_regenerate_then_read_delete_destroy",
+        "file::l2_bug3_destroy_is_final_and_the_deletion_cookie_repeats_every_attribute",
+        "memory::c1_defaults_are_httponly_lax_path_root_and_a_browser_session_cookie",
+    ];
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(tests)
+        .args(["--exact", "--test-threads=1"])
+        .envs(SHELL_SESSION_VARIABLES)
+        .env(HYGIENE_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("{} passed", tests.len())),
+        "with SESSION_* set in the environment:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn hygiene_probe_the_shell_variables_reach_the_default_section() {
+    if std::env::var_os(HYGIENE_CHILD).is_none() {
+        return;
+    }
+    let svc = Arc::new(Service::new(router(
+        Options {
+            provider: "memory".into(),
+            provider_config: "max_sessions=10".into(),
+            ..Default::default()
+        }
+        .build()
+        .unwrap(),
+    )));
+    let r = Browser::new(svc).get("/set?key=k&value=v").await;
+    assert!(
+        r.cookie("hijacked").is_some(),
+        "the child did not get the SESSION_* variables"
+    );
 }
 
 /// An error body may be Salvo's generic error page, but never carries backend or session detail.
@@ -242,40 +316,82 @@ const HOSTILE: [&str; 7] = [
     "../s/../../x",
 ];
 
-async fn s2_hostile_cookies_are_treated_as_no_session(options: Options) {
-    let svc = service(options);
-    let long = "a".repeat(10_000);
-    for value in HOSTILE.iter().copied().chain([long.as_str()]) {
-        let mut b = Browser::with_cookie(svc.clone(), C, value);
-        let r = b.get("/get?key=k").await;
-        assert_eq!(
-            (r.status, r.body.as_str()),
-            (StatusCode::OK, "none"),
-            "{value:?}"
-        );
-        let r = b.get("/set?key=k&value=v").await;
-        assert_eq!(r.status, StatusCode::OK, "{value:?}");
-        let issued = r
-            .cookie(C)
-            .expect("a fresh id is issued")
-            .value()
-            .to_owned();
-        assert!(SessionId::parse(&issued, 32).is_ok());
+/// Cookie values that must never reach a provider with a 32-character id length, as raw
+/// header bytes: the [`HOSTILE`] set, wrong lengths, a non-hex letter, non-ASCII, 10 KB.
+fn hostile_cookie_values() -> Vec<Vec<u8>> {
+    let mut values: Vec<Vec<u8>> = HOSTILE.iter().map(|v| v.as_bytes().to_vec()).collect();
+    let hex = "0123456789abcdef".repeat(8);
+    for value in [
+        &hex[..31],
+        &hex[..33],
+        &hex[..64],
+        "0123456789abcdeg0123456789abcdef",
+    ] {
+        values.push(value.as_bytes().to_vec());
     }
-    let mut non_ascii = TestClient::get("http://127.0.0.1:5800/set?key=k&value=v")
-        .add_header(
-            "cookie",
-            HeaderValue::from_bytes(b"sessioner=caf\xc3\xa9").unwrap(),
-            true,
-        )
-        .send(&*svc)
-        .await;
-    assert_eq!(
-        non_ascii.status_code.unwrap_or(StatusCode::OK),
-        StatusCode::OK
-    );
-    assert!(non_ascii.cookies().get(C).is_some());
-    let _ = salvo::test::ResponseExt::take_string(&mut non_ascii).await;
+    values.push(b"caf\xc3\xa9".to_vec());
+    values.push(b"0123456789abcdef0123456789abcd\xc3\xa9".to_vec());
+    values.push(vec![b'a'; 10_000]);
+    values
+}
+
+/// S2, counted: with every hostile cookie, the routes that only read, delete or destroy make
+/// no provider call at all, and a write makes exactly one `create` (of a fresh id, which the
+/// response sets); every answer is a `200`. A well-formed cookie does reach the provider.
+async fn s2_hostile_cookies_reach_no_provider_call(options: Options) {
+    let (options, calls) = common::counting(options);
+    let svc = service(options);
+    let mut b = Browser::new(svc.clone());
+    b.get("/set?key=k&value=v").await;
+    assert_eq!(calls.take(), ["create"]);
+    assert_eq!(b.get("/get?key=k").await.body, "v");
+    assert!(!calls.take().is_empty(), "a well-formed cookie is loaded");
+
+    for value in hostile_cookie_values() {
+        let shown = String::from_utf8_lossy(&value[..value.len().min(40)]).into_owned();
+        let mut cookie = format!("{C}=").into_bytes();
+        cookie.extend(&value);
+        let cookie = HeaderValue::from_bytes(&cookie).unwrap();
+        for path in [
+            "/get?key=k",
+            "/id",
+            "/delete?key=k",
+            "/flush",
+            "/destroy",
+            "/set?key=k&value=v",
+        ] {
+            let r = Browser::new(svc.clone())
+                .send(
+                    TestClient::get(format!("http://127.0.0.1:5800{path}")).add_header(
+                        "cookie",
+                        cookie.clone(),
+                        true,
+                    ),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{shown:?} {path}");
+            let reached = calls.take();
+            if path.starts_with("/set") {
+                assert_eq!(reached, ["create"], "{shown:?} {path}");
+                let issued = r
+                    .cookie(C)
+                    .expect("a fresh id is issued")
+                    .value()
+                    .to_owned();
+                assert!(SessionId::parse(&issued, 32).is_ok());
+            } else {
+                assert_eq!(
+                    reached,
+                    [] as [&str; 0],
+                    "{shown:?} {path} reached the provider"
+                );
+                assert!(
+                    ["none", "ok"].contains(&r.body.as_str()),
+                    "{shown:?} {path}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -299,6 +415,60 @@ async fn s2_hostile_cookies_write_nothing_outside_the_file_store() {
     assert_eq!(walk(&dir.path().join("s")), HOSTILE.len());
 }
 
+/// Whether `needle` occurs in `haystack`.
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// S5 on what each backend really stores: after logins, a regenerate, a flash and a logout,
+/// no file name or content, sled key or value, redis key, field or value holds any cookie
+/// value issued (as text or as the bytes its hex spells). The search finds what is there:
+/// each live session's storage key and the values written.
+async fn s5_a_store_dump_holds_no_cookie_value(options: Options) {
+    let storage = options.clone();
+    let svc = service(options);
+    let mut issued = Vec::new();
+    let mut ann = Browser::new(svc.clone());
+    ann.get("/set?key=user&value=marker-ann").await;
+    issued.push(ann.cookie(C).unwrap());
+    ann.get("/regenerate?key=role&value=marker-admin").await;
+    issued.push(ann.cookie(C).unwrap());
+    let mut bob = Browser::new(svc.clone());
+    bob.get("/set_then_regenerate?key=user&value=marker-bob")
+        .await;
+    issued.push(bob.cookie(C).unwrap());
+    let mut gone = Browser::new(svc.clone());
+    gone.get("/set?key=user&value=marker-gone").await;
+    issued.push(gone.cookie(C).unwrap());
+    gone.get("/destroy").await;
+    let live = [ann.cookie(C).unwrap(), bob.cookie(C).unwrap()];
+    assert_eq!(ann.get("/count").await.body, "2");
+    drop((svc, ann, bob, gone));
+
+    let Some(dump) = common::dump(&storage) else {
+        return; // memory: nothing leaves the process
+    };
+    for id in &issued {
+        let raw: Vec<u8> = (0..id.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap())
+            .collect();
+        for (place, bytes) in &dump {
+            assert!(!holds(bytes, id.as_bytes()), "{place} holds a cookie value");
+            assert!(!holds(bytes, &raw), "{place} holds a cookie's bytes");
+        }
+    }
+    let found = |needle: &[u8]| dump.iter().any(|(_, bytes)| holds(bytes, needle));
+    for id in &live {
+        let key = SessionId::parse(id, 32).unwrap().storage_key();
+        assert_ne!(&key, id);
+        assert!(found(key.as_bytes()), "the dump misses a live storage key");
+    }
+    for value in ["marker-ann", "marker-admin", "marker-bob"] {
+        assert!(found(value.as_bytes()), "the dump misses the value {value}");
+    }
+}
+
 async fn s3_a_planted_id_is_never_adopted(options: Options) {
     let planted = "0123456789abcdef0123456789abcdef";
     let mut b = Browser::with_cookie(service(options), C, planted);
@@ -308,24 +478,49 @@ async fn s3_a_planted_id_is_never_adopted(options: Options) {
     assert_eq!(b.get("/get?key=k").await.body, "v");
 }
 
-#[tokio::test]
-async fn s6_the_id_is_read_from_the_cookie_only() {
-    let svc = service(memory());
+/// S6: a live id sent anywhere but the cookie (query, form body, headers) is ignored: reads
+/// see no session, and a write starts a new one under a fresh id.
+async fn s6_the_id_is_read_from_the_cookie_only(options: Options) {
+    let svc = service(options);
     let mut b = Browser::new(svc.clone());
     b.get("/set?key=k&value=v").await;
     let sid = b.cookie(C).unwrap();
-    let r = Browser::new(svc.clone())
-        .get(&format!("/get?key=k&{C}={sid}"))
-        .await;
-    assert_eq!(r.body, "none");
-    let mut r = TestClient::get("http://127.0.0.1:5800/get?key=k")
-        .add_header(C, sid.as_str(), true)
-        .send(&*svc)
-        .await;
+    let in_form = [(C, sid.as_str())];
     assert_eq!(
-        salvo::test::ResponseExt::take_string(&mut r).await.unwrap(),
-        "none"
+        b.post_form("/form_get?key=k", &[]).await.body,
+        "v (form field: absent)",
+        "the form route reads the cookie's session"
     );
+
+    let mut stranger = Browser::new(svc.clone());
+    let r = stranger.get(&format!("/get?key=k&{C}={sid}")).await;
+    assert_eq!(r.body, "none", "query");
+    let r = stranger.post_form("/form_get?key=k", &in_form).await;
+    assert_eq!(r.body, "none (form field: present)", "form");
+    assert!(r.set_cookies.is_empty(), "form");
+    for header in [C, "x-session-id", "authorization", "x-sessioner"] {
+        let r = stranger
+            .send(
+                TestClient::get("http://127.0.0.1:5800/get?key=k").add_header(
+                    header,
+                    sid.as_str(),
+                    true,
+                ),
+            )
+            .await;
+        assert_eq!(r.body, "none", "header {header}");
+    }
+    let r = stranger
+        .post_form("/form_set?key=k&value=stranger", &in_form)
+        .await;
+    let issued = r.cookie(C).expect("a write starts a new session");
+    assert_ne!(issued.value(), sid, "the form's id was adopted");
+    assert_eq!(
+        b.get("/get?key=k").await.body,
+        "v",
+        "the real session is untouched"
+    );
+    assert_eq!(b.get("/count").await.body, "2");
 }
 
 async fn l1_bug2_regenerate_kills_the_old_id_and_moves_everything(options: Options) {
@@ -406,8 +601,7 @@ async fn bug6_odd_id_lengths_keep_their_session(options: Options) {
     );
 }
 
-#[tokio::test]
-async fn c1_bug7_every_cookie_carries_the_full_attribute_set() {
+async fn c1_bug7_every_cookie_carries_the_full_attribute_set(options: Options) {
     let svc = service(Options {
         secure: Some(true),
         domain: "example.com".into(),
@@ -415,7 +609,7 @@ async fn c1_bug7_every_cookie_carries_the_full_attribute_set() {
         same_site: Some(SameSite::Strict),
         cookie_lifetime: Some(Duration::from_secs(600)),
         cookie_name: "sid".into(),
-        ..memory()
+        ..options
     });
     let mut b = Browser::new(svc);
     let created = b
@@ -446,9 +640,8 @@ async fn c1_bug7_every_cookie_carries_the_full_attribute_set() {
     );
 }
 
-#[tokio::test]
-async fn c1_defaults_are_httponly_lax_path_root_and_a_browser_session_cookie() {
-    let mut b = Browser::new(service(memory()));
+async fn c1_defaults_are_httponly_lax_path_root_and_a_browser_session_cookie(options: Options) {
+    let mut b = Browser::new(service(options));
     let r = b.get("/set?key=k&value=v").await;
     let c = r.cookie(C).unwrap();
     assert_eq!(c.http_only(), Some(true));
@@ -459,9 +652,8 @@ async fn c1_defaults_are_httponly_lax_path_root_and_a_browser_session_cookie() {
     assert_eq!(c.max_age(), None, "no Max-Age: a browser-session cookie");
 }
 
-#[tokio::test]
-async fn c2_responses_that_set_or_clear_the_cookie_are_not_cached() {
-    let mut b = Browser::new(service(memory()));
+async fn c2_responses_that_set_or_clear_the_cookie_are_not_cached(options: Options) {
+    let mut b = Browser::new(service(options));
     for path in ["/set?key=k&value=v", "/regenerate", "/destroy"] {
         let r = b.get(path).await;
         assert!(!r.set_cookies.is_empty(), "{path}");
@@ -677,65 +869,192 @@ async fn l5_the_absolute_lifetime_is_not_extended_by_activity(options: Options) 
     );
 }
 
-async fn l7_bug14_concurrent_requests_changing_different_keys_all_persist(options: Options) {
-    let svc = service(options);
+/// 20 requests on one session, each held at a barrier after its load until all 20 have
+/// loaded, then released together: each saves its own key, and every key persists.
+async fn l7_bug14_overlapping_requests_changing_different_keys_all_persist(options: Options) {
+    const N: usize = 20;
+    let held = Slow::Barrier(Arc::new(Barrier::new(N)));
+    let svc = Arc::new(Service::new(
+        router(common::build(options)).push(Router::with_path("held").get(held)),
+    ));
     let mut b = Browser::new(svc.clone());
     b.get("/set?key=base&value=0").await;
     let sid = b.cookie(C).unwrap();
-    let tasks: Vec<_> = (0..20)
+    let tasks: Vec<_> = (0..N)
         .map(|i| {
             let (svc, sid) = (svc.clone(), sid.clone());
             tokio::spawn(async move {
                 Browser::with_cookie(svc, C, &sid)
-                    .get(&format!("/set?key=k{i}&value={i}"))
+                    .get(&format!("/held?key=k{i}&value={i}"))
                     .await
-                    .status
             })
         })
         .collect();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), StatusCode::OK);
+        let r = t.await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+        assert!(r.set_cookies.is_empty(), "the session kept its id");
     }
-    for i in 0..20 {
-        assert_eq!(b.get(&format!("/get?key=k{i}")).await.body, i.to_string());
+    for i in 0..N {
+        assert_eq!(
+            b.get(&format!("/get?key=k{i}")).await.body,
+            i.to_string(),
+            "k{i} was lost"
+        );
     }
     assert_eq!(b.get("/get?key=base").await.body, "0");
+    assert_eq!(b.get("/count").await.body, "1");
 }
 
-async fn l3_a_slow_request_cannot_revive_a_logged_out_session(options: Options) {
+/// A service over `options` with `/slow` ([`Slow`]), held between its load and its write
+/// until `proceed` is notified.
+fn service_with_slow_route(options: Options) -> (Arc<Service>, Arc<Notify>, Arc<Notify>) {
     let (loaded, proceed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let slow = Slow {
+    let slow = Slow::Signal {
         loaded: loaded.clone(),
         proceed: proceed.clone(),
     };
-    let handler = options.build().unwrap();
     let svc = Arc::new(Service::new(
-        router(handler).push(Router::with_path("slow").get(slow)),
+        router(common::build(options)).push(Router::with_path("slow").get(slow)),
     ));
+    (svc, loaded, proceed)
+}
+
+/// A new visitor on `svc` with a session holding `user=ann`, and its id.
+async fn ann(svc: &Arc<Service>) -> (Browser, String) {
     let mut b = Browser::new(svc.clone());
     b.get("/set?key=user&value=ann").await;
     let sid = b.cookie(C).unwrap();
-    let slow_req = {
-        let (svc, sid) = (svc.clone(), sid.clone());
-        tokio::spawn(async move {
-            Browser::with_cookie(svc, C, &sid)
-                .get("/slow?key=cart&value=1")
-                .await
-        })
-    };
+    (b, sid)
+}
+
+/// Starts `path` as a request of its own with the cookie `sid`.
+fn spawn_get(svc: &Arc<Service>, sid: &str, path: &str) -> tokio::task::JoinHandle<common::Reply> {
+    let (svc, sid, path) = (svc.clone(), sid.to_owned(), path.to_owned());
+    tokio::spawn(async move { Browser::with_cookie(svc, C, &sid).get(&path).await })
+}
+
+/// L1 through the middleware, a save against a regenerate (a login) on one session:
+/// - the regenerate loads first and the save completes while it is held: the saved key
+///   moves to the new id with everything else;
+/// - both really race, 20 times: whatever the order, the old id is dead once the regenerate
+///   answered, the new id holds the data, and a save that lost the race reached no session
+///   that holds the login (it was dropped, kept under the new id, or started a session of
+///   its own holding only its own key).
+async fn l1_a_regenerate_racing_a_save_moves_everything_and_kills_the_old_id(options: Options) {
+    let (svc, loaded, proceed) = service_with_slow_route(options);
+    let (_, old) = ann(&svc).await;
+    let login = spawn_get(&svc, &old, "/slow?then=regenerate&key=role&value=admin");
     loaded.notified().await;
-    b.get("/destroy").await;
-    proceed.notify_one();
-    let r = slow_req.await.unwrap();
+    let r = Browser::with_cookie(svc.clone(), C, &old)
+        .get("/set?key=cart&value=1")
+        .await;
     assert_eq!(r.status, StatusCode::OK);
+    proceed.notify_one();
+    let r = login.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+    let new = r
+        .cookie(C)
+        .expect("the login sets the new id")
+        .value()
+        .to_owned();
+    assert_ne!(new, old);
+    let mut after = Browser::with_cookie(svc.clone(), C, &new);
+    for (key, value) in [("user", "ann"), ("role", "admin"), ("cart", "1")] {
+        assert_eq!(
+            after.get(&format!("/get?key={key}")).await.body,
+            value,
+            "{key}"
+        );
+    }
+    let mut replay = Browser::with_cookie(svc.clone(), C, &old);
+    assert_eq!(replay.get("/get?key=user").await.body, "none");
+    assert_eq!(replay.get("/count").await.body, "1");
+
+    for round in 0..20 {
+        let (_, old) = ann(&svc).await;
+        let save = spawn_get(&svc, &old, &format!("/set?key=cart&value={round}"));
+        let login = spawn_get(&svc, &old, "/regenerate");
+        let (save, login) = (save.await.unwrap(), login.await.unwrap());
+        assert_eq!(save.status, StatusCode::OK, "round {round}");
+        assert_eq!(login.status, StatusCode::OK, "round {round}");
+        let new = login.cookie(C).expect("a new id").value().to_owned();
+        assert_ne!(new, old);
+        let mut replay = Browser::with_cookie(svc.clone(), C, &old);
+        assert_eq!(
+            replay.get("/get?key=user").await.body,
+            "none",
+            "round {round}"
+        );
+        assert_eq!(
+            replay.get("/get?key=cart").await.body,
+            "none",
+            "round {round}"
+        );
+        let mut after = Browser::with_cookie(svc.clone(), C, &new);
+        assert_eq!(
+            after.get("/get?key=user").await.body,
+            "ann",
+            "round {round}"
+        );
+        let cart = after.get("/get?key=cart").await.body;
+        assert!(
+            cart == "none" || cart == round.to_string(),
+            "round {round}: cart {cart}"
+        );
+        if let Some(own) = save.cookie(C) {
+            // The save came after the regenerate: it was anonymous and started afresh.
+            assert!(own.value() != old && own.value() != new, "round {round}");
+            let mut own = Browser::with_cookie(svc.clone(), C, own.value());
+            assert_eq!(own.get("/get?key=user").await.body, "none", "round {round}");
+            assert_eq!(own.get("/get?key=cart").await.body, round.to_string());
+            own.get("/destroy").await;
+        }
+        after.get("/destroy").await;
+    }
+    assert_eq!(replay.get("/count").await.body, "1");
+}
+
+/// L3's race: a session holding `user=ann`; a slow request loads it, then `interrupt` (a
+/// logout or a login) runs to completion, then the slow request sets `cart=1`. The slow
+/// request answers `200` without handing out a session and its change is dropped; the old id
+/// stays dead. Returns the service, the interrupting browser and the old id.
+async fn slow_write_after(options: Options, interrupt: &str) -> (Arc<Service>, Browser, String) {
+    let (svc, loaded, proceed) = service_with_slow_route(options);
+    let (mut b, old) = ann(&svc).await;
+    let slow = spawn_get(&svc, &old, "/slow?key=cart&value=1");
+    loaded.notified().await;
+    assert_eq!(b.get(interrupt).await.status, StatusCode::OK);
+    proceed.notify_one();
+    let r = slow.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
     assert!(
         r.set_cookies.is_empty(),
         "the slow request must not hand out a session"
     );
-    let mut replay = Browser::with_cookie(svc.clone(), C, &sid);
+    let mut replay = Browser::with_cookie(svc.clone(), C, &old);
     assert_eq!(replay.get("/get?key=user").await.body, "none");
     assert_eq!(replay.get("/get?key=cart").await.body, "none");
-    assert_eq!(replay.get("/count").await.body, "0");
+    (svc, b, old)
+}
+
+async fn l3_a_slow_request_cannot_revive_a_logged_out_session(options: Options) {
+    let (svc, _, _) = slow_write_after(options, "/destroy").await;
+    assert_eq!(Browser::new(svc).get("/count").await.body, "0");
+}
+
+/// L3 with a login (a regenerate) instead of a logout: the new id holds the login only; the
+/// slow request's change is dropped, not moved to the new id.
+async fn l3_a_slow_request_cannot_revive_a_regenerated_session(options: Options) {
+    let (_, mut b, old) = slow_write_after(options, "/regenerate?key=user&value=bob").await;
+    assert_ne!(b.cookie(C).unwrap(), old);
+    assert_eq!(b.get("/get?key=user").await.body, "bob");
+    assert_eq!(
+        b.get("/get?key=cart").await.body,
+        "none",
+        "the slow request's change is dropped, not moved"
+    );
+    assert_eq!(b.get("/count").await.body, "1");
 }
 
 #[tokio::test]
@@ -1093,7 +1412,7 @@ async fn edit_in_one_request(depot: &mut Depot) -> Result<String, Error> {
 
 async fn values_set_read_and_deleted_in_one_request_are_saved_as_last_seen(options: Options) {
     let svc = Arc::new(Service::new(
-        router(options.build().unwrap()).push(Router::with_path("edit").get(edit_in_one_request)),
+        router(common::build(options)).push(Router::with_path("edit").get(edit_in_one_request)),
     ));
     let mut b = Browser::new(svc);
     b.get("/set?key=kept&value=9").await;

@@ -3,14 +3,19 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use salvo::http::StatusCode;
 use salvo::http::cookie::Cookie;
 use salvo::prelude::*;
 use salvo::test::{ResponseExt, TestClient};
-use sessioner::{Options, SessionDepotExt, Sessioner};
-use tokio::sync::Notify;
+use sessioner::{
+    ChangeSet, Options, Provider, Record, Regenerated, SessionDepotExt, SessionId, Sessioner,
+};
+use tokio::sync::{Barrier, Notify};
 
 fn q(req: &Request, name: &str) -> String {
     req.query::<String>(name).unwrap_or_default()
@@ -20,6 +25,29 @@ fn q(req: &Request, name: &str) -> String {
 async fn get(req: &mut Request, depot: &mut Depot) -> Result<String, sessioner::Error> {
     let v = depot.session()?.get::<String>(&q(req, "key")).await?;
     Ok(v.unwrap_or_else(|| "none".into()))
+}
+
+/// `get`, after parsing the form body, as a handler reading a POSTed form does.
+#[handler]
+async fn form_get(req: &mut Request, depot: &mut Depot) -> Result<String, sessioner::Error> {
+    let posted = req.form::<String>("sessioner").await;
+    let v = depot.session()?.get::<String>(&q(req, "key")).await?;
+    Ok(format!(
+        "{} (form field: {})",
+        v.unwrap_or_else(|| "none".into()),
+        posted.map_or("absent", |_| "present")
+    ))
+}
+
+/// `set`, after parsing the form body.
+#[handler]
+async fn form_set(req: &mut Request, depot: &mut Depot) -> Result<&'static str, sessioner::Error> {
+    let _ = req.form::<String>("sessioner").await;
+    depot
+        .session()?
+        .set(&q(req, "key"), &q(req, "value"))
+        .await?;
+    Ok("ok")
 }
 
 #[handler]
@@ -106,10 +134,17 @@ async fn hello() -> &'static str {
     "hello"
 }
 
-/// A request that loads the session, signals `loaded`, waits for `proceed`, then writes.
-pub struct Slow {
-    pub loaded: Arc<Notify>,
-    pub proceed: Arc<Notify>,
+/// A request that loads the session, is held, then writes `key=value`; with
+/// `then=regenerate` it regenerates the id first (a slow login).
+pub enum Slow {
+    /// Held by the test: signals `loaded`, then waits for `proceed`.
+    Signal {
+        loaded: Arc<Notify>,
+        proceed: Arc<Notify>,
+    },
+    /// Held until every request sharing the barrier has loaded too (bounded: after 10 s it
+    /// answers `barrier timed out` and writes nothing).
+    Barrier(Arc<Barrier>),
 }
 
 #[async_trait]
@@ -123,9 +158,23 @@ impl Handler for Slow {
     ) {
         let Ok(s) = depot.session() else { return };
         let _ = s.get::<String>("user").await;
-        self.loaded.notify_one();
-        self.proceed.notified().await;
-        match s.set(&q(req, "key"), &q(req, "value")).await {
+        match self {
+            Slow::Signal { loaded, proceed } => {
+                loaded.notify_one();
+                proceed.notified().await;
+            }
+            Slow::Barrier(barrier) => {
+                let wait = tokio::time::timeout(Duration::from_secs(10), barrier.wait()).await;
+                if wait.is_err() {
+                    return res.render("barrier timed out");
+                }
+            }
+        }
+        let regenerated = match q(req, "then").as_str() {
+            "regenerate" => s.regenerate_id().await.map(drop),
+            _ => Ok(()),
+        };
+        match regenerated.and(s.set(&q(req, "key"), &q(req, "value")).await) {
             Ok(()) => res.render("ok"),
             Err(e) => res.render(e.to_string()),
         }
@@ -137,6 +186,8 @@ pub fn router(handler: Sessioner) -> Router {
     Router::new()
         .hoop(handler)
         .push(Router::with_path("get").get(get))
+        .push(Router::with_path("form_get").post(form_get))
+        .push(Router::with_path("form_set").post(form_set))
         .push(Router::with_path("set").get(set))
         .push(Router::with_path("delete").get(delete))
         .push(Router::with_path("flush").get(flush))
@@ -150,8 +201,30 @@ pub fn router(handler: Sessioner) -> Router {
         .push(Router::with_path("hello").get(hello))
 }
 
+/// The config section the test services read unset options from: a name no shell sets, so
+/// `SESSION_*` variables (or any other section's) in the developer's environment cannot
+/// change a result. Options that name a section of their own keep it.
+pub const SECTION: &str = "sessioner_test_suite_private";
+
+/// `options` reading unset values from [`SECTION`] unless they name a section themselves.
+pub fn isolated(options: Options) -> Options {
+    if options.section.is_empty() {
+        Options {
+            section: SECTION.into(),
+            ..options
+        }
+    } else {
+        options
+    }
+}
+
+/// The middleware for `options`, [`isolated`] from the environment.
+pub fn build(options: Options) -> Sessioner {
+    isolated(options).build().unwrap()
+}
+
 pub fn service(options: Options) -> Arc<Service> {
-    Arc::new(Service::new(router(options.build().unwrap())))
+    Arc::new(Service::new(router(build(options))))
 }
 
 /// One HTTP exchange as a browser sees it.
@@ -234,6 +307,98 @@ impl Browser {
     }
 }
 
+/// The provider calls a [`Counting`] provider saw, by method name, in order.
+#[derive(Debug, Default)]
+pub struct Calls(Mutex<Vec<&'static str>>);
+
+impl Calls {
+    fn note(&self, method: &'static str) {
+        self.0.lock().unwrap().push(method);
+    }
+
+    /// The calls seen since the last `take`.
+    pub fn take(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// A backend's real provider behind a wrapper that notes every call in [`Calls`] and passes
+/// it on unchanged (the fast paths included).
+#[derive(Debug)]
+pub struct Counting {
+    calls: Arc<Calls>,
+    inner: Arc<dyn Provider>,
+}
+
+#[async_trait]
+impl Provider for Counting {
+    async fn load(&self, id: &SessionId) -> sessioner::Result<Option<Record>> {
+        self.calls.note("load");
+        self.inner.load(id).await
+    }
+    fn load_now(&self, id: &SessionId) -> Option<sessioner::Result<Option<Record>>> {
+        self.calls.note("load_now");
+        self.inner.load_now(id)
+    }
+    async fn create(&self, id: &SessionId, record: &Record) -> sessioner::Result<bool> {
+        self.calls.note("create");
+        self.inner.create(id, record).await
+    }
+    async fn save(&self, id: &SessionId, changes: &ChangeSet) -> sessioner::Result<bool> {
+        self.calls.note("save");
+        self.inner.save(id, changes).await
+    }
+    fn save_now(&self, id: &SessionId, changes: &ChangeSet) -> Option<sessioner::Result<bool>> {
+        self.calls.note("save_now");
+        self.inner.save_now(id, changes)
+    }
+    async fn destroy(&self, id: &SessionId) -> sessioner::Result<()> {
+        self.calls.note("destroy");
+        self.inner.destroy(id).await
+    }
+    async fn regenerate(&self, old: &SessionId, new: &SessionId) -> sessioner::Result<Regenerated> {
+        self.calls.note("regenerate");
+        self.inner.regenerate(old, new).await
+    }
+    async fn exists(&self, id: &SessionId) -> sessioner::Result<bool> {
+        self.calls.note("exists");
+        self.inner.exists(id).await
+    }
+    async fn count(&self) -> sessioner::Result<usize> {
+        self.calls.note("count");
+        self.inner.count().await
+    }
+    async fn gc(&self) -> sessioner::Result<usize> {
+        self.calls.note("gc");
+        self.inner.gc().await
+    }
+}
+
+/// `options` with its provider (built by name, as `sessioner(..)` would) behind a
+/// [`Counting`] wrapper, registered under a name of its own; and the calls it sees.
+pub fn counting(options: Options) -> (Options, Arc<Calls>) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let inner = options.provider.clone();
+    let name = format!(
+        "counting-{inner}-{}",
+        NEXT.fetch_add(1, AtomicOrdering::Relaxed)
+    );
+    let calls = Arc::new(Calls::default());
+    let seen = Arc::clone(&calls);
+    sessioner::register(&name, move |ctx| {
+        Ok(Arc::new(Counting {
+            calls: Arc::clone(&seen),
+            inner: sessioner::provider::build(&inner, ctx)?,
+        }) as Arc<dyn Provider>)
+    })
+    .unwrap();
+    let options = Options {
+        provider: name,
+        ..options
+    };
+    (options, calls)
+}
+
 #[cfg(feature = "redis")]
 #[path = "../support/redis_server.rs"]
 pub mod redis_server;
@@ -278,15 +443,123 @@ pub fn backend(name: &str) -> Backend {
         options: Options {
             provider: provider.into(),
             provider_config,
+            section: SECTION.into(),
             ..Default::default()
         },
         guard,
     }
 }
 
+/// Everything a backend configured by `options` holds on storage, as (where, bytes) pairs a
+/// test can search: `None` for `memory` (nothing outside the process).
+/// - file: each file's path (relative to the root) and, separately, its contents;
+/// - sled: each tree's keys and values read through sled, then every file of the
+///   directory raw; the provider must be closed (its handler dropped) first;
+/// - redis: every key of the database (not only the prefix), and every member, field and
+///   value of it, whatever its type.
+pub fn dump(options: &Options) -> Option<Vec<(String, Vec<u8>)>> {
+    let config = options.provider_config.as_str();
+    match options.provider.as_str() {
+        "memory" => None,
+        "file" => Some(dump_files(Path::new(config.split(',').next().unwrap()))),
+        #[cfg(feature = "sled")]
+        "sled" => Some(dump_sled(Path::new(config))),
+        #[cfg(feature = "redis")]
+        "redis" => Some(dump_redis(config.split('?').next().unwrap())),
+        other => panic!("no dump for provider {other:?}"),
+    }
+}
+
+/// Every file below `root`: its relative path, and its contents.
+fn dump_files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            out.push((format!("file name {name}"), name.clone().into_bytes()));
+            out.push((format!("file {name}"), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+#[cfg(feature = "sled")]
+fn dump_sled(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    {
+        let db = sled::open(dir).expect("the sled directory, closed by its provider");
+        for name in db.tree_names() {
+            let tree = db.open_tree(&name).unwrap();
+            let tree_name = String::from_utf8_lossy(&name).into_owned();
+            for pair in tree.iter() {
+                let (k, v) = pair.unwrap();
+                out.push((format!("sled {tree_name} key"), k.to_vec()));
+                out.push((format!("sled {tree_name} value"), v.to_vec()));
+            }
+        }
+    }
+    out.extend(dump_files(dir));
+    out
+}
+
+#[cfg(feature = "redis")]
+fn dump_redis(url: &str) -> Vec<(String, Vec<u8>)> {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut conn)
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
+        let fetch = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(&key).clone(),
+            "hash" => redis::cmd("HGETALL").arg(&key).clone(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).clone(),
+            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).clone(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .clone(),
+            "none" => continue, // deleted since the scan
+            other => panic!("a redis key of type {other} cannot be searched yet"),
+        };
+        let parts: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![fetch.query(&mut conn).unwrap()],
+            _ => fetch.query(&mut conn).unwrap(),
+        };
+        let name = String::from_utf8_lossy(&key).into_owned();
+        for part in parts {
+            out.push((format!("redis {kind} {name}"), part));
+        }
+        out.push((format!("redis key {name}"), key));
+    }
+    out
+}
+
 /// `per_backend!(flow, ..)`: for every built-in backend the enabled features offer, a module
 /// named after it (see [`backend`]) with one `#[tokio::test]` per flow, which runs
-/// `flow(options)` (an `async fn` of the invoking file) on fresh storage of that backend. So
+/// `flow(options)` (an `async fn` of the invoking file) on fresh storage of that backend, on a
+/// multi-thread runtime (two workers, so concurrent requests really overlap). So
 /// a failure names its backend, one failing backend hides no other, and
 /// `cargo test --test http sled` runs the sled flows only.
 #[allow(unused_macros)]
@@ -303,7 +576,7 @@ macro_rules! per_backend {
     (@module $backend:ident; $($flow:ident),*) => {
         mod $backend {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $flow() {
                     let $crate::common::Backend { options, guard } =
                         $crate::common::backend(stringify!($backend));

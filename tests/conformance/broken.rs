@@ -22,6 +22,9 @@ enum Fault {
     GcCountsNothing,
     /// `load_now` answers "absent" for every id.
     LoadNowLies,
+    /// `create` checks for a live record, then inserts over whatever is there: not atomic,
+    /// so two racing creates of one id both succeed.
+    CreateChecksThenInserts,
 }
 
 #[derive(Debug)]
@@ -46,6 +49,14 @@ impl Provider for Broken {
         (self.fault == Fault::LoadNowLies).then_some(Ok(None))
     }
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
+        if self.fault == Fault::CreateChecksThenInserts {
+            if self.inner.load(id).await?.is_some() {
+                return Ok(false);
+            }
+            // Widens the gap between the check and the insert, as a round trip would.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            self.inner.destroy(id).await?;
+        }
         self.inner.create(id, record).await
     }
     async fn save(&self, id: &SessionId, changes: &ChangeSet) -> Result<bool> {
@@ -119,4 +130,17 @@ fn a_gc_that_miscounts_fails_the_suite() {
 #[test]
 fn a_fast_path_that_disagrees_fails_the_suite() {
     catches(Fault::LoadNowLies, testing::fast_paths_agree);
+}
+
+#[test]
+fn a_create_that_is_not_atomic_fails_the_suite() {
+    catches(
+        Fault::CreateChecksThenInserts,
+        testing::racing_creates_of_one_id_have_one_winner,
+    );
+    // The one-at-a-time clause cannot see it: the race is the point.
+    assert!(!fails(
+        Fault::CreateChecksThenInserts,
+        testing::create_is_insert_if_absent
+    ));
 }
