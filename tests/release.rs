@@ -149,10 +149,10 @@ async fn careful_read(depot: &mut Depot, res: &mut Response) {
 }
 
 fn service(provider: &str, extra: Router) -> Arc<Service> {
-    let handler = sessioner::sessioner(Options {
+    let handler = sessioner::sessioner(common::isolated(Options {
         provider: provider.into(),
         ..Default::default()
-    });
+    }));
     Arc::new(Service::new(
         Router::new()
             .hoop(handler)
@@ -273,10 +273,10 @@ async fn untouched() -> &'static str {
 #[tokio::test]
 async fn r13_a_write_after_release_from_an_outer_hoop_is_an_error() {
     switched("r13-outer");
-    let handler = sessioner::sessioner(Options {
+    let handler = sessioner::sessioner(common::isolated(Options {
         provider: "r13-outer".into(),
         ..Default::default()
-    });
+    }));
     let svc = Arc::new(Service::new(
         Router::new()
             .hoop(late_outer)
@@ -338,11 +338,11 @@ impl Handler for Keep {
 async fn gc_stops_with_the_last_handler_clone_not_the_last_store() {
     let switch = switched("gc-owner");
     let every = Duration::from_secs(60);
-    let handler = sessioner::sessioner(Options {
+    let handler = sessioner::sessioner(common::isolated(Options {
         provider: "gc-owner".into(),
         gc_interval: Some(every),
         ..Default::default()
-    });
+    }));
     let kept: Arc<Mutex<Option<Store>>> = Arc::default();
     let svc = Service::new(
         Router::new()
