@@ -57,7 +57,13 @@ async fn flash_now(depot: &mut Depot) -> Result<String, Error> {
     ))
 }
 
+/// The test app plus this file's routes. Options left unset are read from a section of
+/// this file's own, so `SESSION_*` variables of the developer's shell do not reach them.
 fn service(options: Options) -> Arc<Service> {
+    let options = Options {
+        section: "readme".into(),
+        ..options
+    };
     Arc::new(Service::new(
         common::router(options.build().unwrap())
             .push(Router::with_path("get_number").get(get_number))
