@@ -53,10 +53,10 @@ async fn show(depot: &mut Depot, res: &mut Response) -> Result<(), sessioner::Er
 
 #[tokio::test]
 async fn minijinja_reads_macarons_flash_names_and_escapes_them() {
-    let sessions = sessioner(Options {
+    let sessions = sessioner(common::isolated(Options {
         provider: "memory".into(),
         ..Default::default()
-    });
+    }));
     let router = Router::new()
         .hoop(sessions)
         .push(Router::with_path("save").get(save))
