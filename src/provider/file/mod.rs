@@ -26,16 +26,17 @@
 //!   take the same lock), it survives a crash of the process at once, and a crash of the
 //!   machine once the kernel has written it back (on Linux within about 30 s by default). A
 //!   machine crash can therefore lose the last seconds of value changes, or tear a record
-//!   that was being written back; a torn record reads as damaged, which means no session
-//!   (the visitor starts afresh), never wrong data. Many times faster than `always`: no
-//!   file is created, renamed or deleted per save, and a request's load and save, being
-//!   page-cache reads and writes, run at once on the async worker instead of travelling to
-//!   tokio's blocking pool and back (the hand-off cost more than the work). They never wait
-//!   for a lock there: if the session's stripe lock is taken (a create, regenerate or
-//!   destroy holds it across its `fsync`s), they go to the blocking pool. The price: a
-//!   record missing from the page cache (after a restart, or evicted) is read from the disk
-//!   on the worker thread, and a disk so slow that the kernel throttles writers stalls those
-//!   requests' worker thread.
+//!   that was being written back. A record carries its length and a checksum
+//!   ([`Record::decode`] checks both), so a torn one reads as damaged: it is removed and
+//!   the visitor starts afresh, never sees a mix of old and new values. Many times faster
+//!   than `always`: no file is created, renamed or deleted per save, and a request's load
+//!   and save, being page-cache reads and writes, run at once on the async worker instead
+//!   of travelling to tokio's blocking pool and back (the hand-off cost more than the
+//!   work). They never wait for a lock there: if the session's stripe lock is taken (a
+//!   create, regenerate or destroy holds it across its `fsync`s), they go to the blocking
+//!   pool. The price: a record missing from the page cache (after a restart, or evicted)
+//!   is read from the disk on the worker thread, and a disk so slow that the kernel
+//!   throttles writers stalls those requests' worker thread.
 //!
 //! Everything else (every call with `sync=always`; create, regenerate, destroy, count and
 //! GC in both modes) runs on tokio's blocking pool, bounded by a timeout. Count and GC run
@@ -330,8 +331,9 @@ impl Inner {
     ///
     /// `sync=always` writes a new file (see [`write`](Inner::write)). `sync=lifecycle`
     /// overwrites the record file in place, through the handle it read it with, in one
-    /// `write` padded with spaces (which the record's JSON ignores) to the old length, so a
-    /// shorter record needs no truncation and a process crash cannot leave half of it.
+    /// `write` padded with spaces to the old length (the decoder ignores what follows the
+    /// record's own length), so a shorter record needs no truncation; if a crash tears the
+    /// write, the checksum makes the record damaged, never a mix of old and new values.
     /// The caller holds the key's stripe lock, as readers do, so none sees a write in progress.
     fn save(&self, key: &str, changes: &ChangeSet, _held: &MutexGuard<'_, ()>) -> io::Result<bool> {
         if self.sync == SyncMode::Always {
