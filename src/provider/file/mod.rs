@@ -55,6 +55,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -83,6 +84,8 @@ static TEMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct FileProvider {
     inner: Arc<Inner>,
+    /// How long one blocking call may take ([`blocking::TIMEOUT`]; shorter in tests).
+    timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -134,7 +137,14 @@ impl FileProvider {
                 #[cfg(test)]
                 batches: Mutex::default(),
             }),
+            timeout: blocking::TIMEOUT,
         })
+    }
+
+    /// The provider with blocking calls bounded by `timeout` instead of [`blocking::TIMEOUT`].
+    #[cfg(test)]
+    pub(crate) fn with_timeout(self, timeout: Duration) -> Self {
+        FileProvider { timeout, ..self }
     }
 
     /// The registry factory: the config is the root directory (`data_dir=..` accepted too),
@@ -155,7 +165,7 @@ impl FileProvider {
         F: FnOnce(&Inner) -> io::Result<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        blocking::run(NAME, move || work(&inner).map_err(io_error)).await
+        blocking::run(NAME, self.timeout, move || work(&inner).map_err(io_error)).await
     }
 
     /// Runs a scan to its end, one blocking call per batch, summing what the batches return.
@@ -167,7 +177,7 @@ impl FileProvider {
         let mut total = 0;
         loop {
             let inner = Arc::clone(&self.inner);
-            let (next, n) = blocking::run_cancellable(NAME, blocking::TIMEOUT, move |cancel| {
+            let (next, n) = blocking::run_cancellable(NAME, self.timeout, move |cancel| {
                 let n = batch(&inner, &mut cursor, cancel).map_err(io_error)?;
                 Ok((cursor, n))
             })
