@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use common::{Browser, service};
 use proptest::prelude::*;
-use sessioner::{Flash, Options, Record, SessionId};
+use sessioner::{Error, Flash, Options, Record, SessionId};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
@@ -47,6 +47,24 @@ proptest! {
         let values: HashMap<String, String> = values.into_iter().map(|(k, v)| (k, serde_json::to_string(&v).unwrap())).collect();
         let record = Record { values, expires_at, absolute_deadline: absolute };
         prop_assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+    }
+
+    /// R3, R4: a record cut short or with one byte changed is Corrupt, never another record.
+    #[test]
+    fn r4_a_cut_or_changed_record_is_corrupt(
+        values in proptest::collection::hash_map(".{0,16}", ".{0,32}", 0..8),
+        expires_at in 1u64..u64::MAX,
+        absolute in proptest::option::of(1u64..u64::MAX),
+        cut in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        flip in 1u8..=255,
+    ) {
+        let values: HashMap<String, String> = values.into_iter().map(|(k, v)| (k, serde_json::to_string(&v).unwrap())).collect();
+        let bytes = Record { values, expires_at, absolute_deadline: absolute }.encode();
+        prop_assert!(matches!(Record::decode(&bytes[..cut.index(bytes.len())]), Err(Error::Corrupt(_))));
+        let mut changed = bytes.clone();
+        changed[at.index(bytes.len())] ^= flip;
+        prop_assert!(matches!(Record::decode(&changed), Err(Error::Corrupt(_))));
     }
 
     #[test]

@@ -26,16 +26,17 @@
 //!   take the same lock), it survives a crash of the process at once, and a crash of the
 //!   machine once the kernel has written it back (on Linux within about 30 s by default). A
 //!   machine crash can therefore lose the last seconds of value changes, or tear a record
-//!   that was being written back; a torn record reads as damaged, which means no session
-//!   (the visitor starts afresh), never wrong data. Many times faster than `always`: no
-//!   file is created, renamed or deleted per save, and a request's load and save, being
-//!   page-cache reads and writes, run at once on the async worker instead of travelling to
-//!   tokio's blocking pool and back (the hand-off cost more than the work). They never wait
-//!   for a lock there: if the session's stripe lock is taken (a create, regenerate or
-//!   destroy holds it across its `fsync`s), they go to the blocking pool. The price: a
-//!   record missing from the page cache (after a restart, or evicted) is read from the disk
-//!   on the worker thread, and a disk so slow that the kernel throttles writers stalls those
-//!   requests' worker thread.
+//!   that was being written back. A record carries its length and a checksum
+//!   ([`Record::decode`] checks both), so a torn one reads as damaged: it is removed and
+//!   the visitor starts afresh, never sees a mix of old and new values. Many times faster
+//!   than `always`: no file is created, renamed or deleted per save, and a request's load
+//!   and save, being page-cache reads and writes, run at once on the async worker instead
+//!   of travelling to tokio's blocking pool and back (the hand-off cost more than the
+//!   work). They never wait for a lock there: if the session's stripe lock is taken (a
+//!   create, regenerate or destroy holds it across its `fsync`s), they go to the blocking
+//!   pool. The price: a record missing from the page cache (after a restart, or evicted)
+//!   is read from the disk on the worker thread, and a disk so slow that the kernel
+//!   throttles writers stalls those requests' worker thread.
 //!
 //! Everything else (every call with `sync=always`; create, regenerate, destroy, count and
 //! GC in both modes) runs on tokio's blocking pool, bounded by a timeout. Count and GC run
@@ -54,6 +55,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -82,6 +84,8 @@ static TEMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct FileProvider {
     inner: Arc<Inner>,
+    /// How long one blocking call may take ([`blocking::TIMEOUT`]; shorter in tests).
+    timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -133,7 +137,14 @@ impl FileProvider {
                 #[cfg(test)]
                 batches: Mutex::default(),
             }),
+            timeout: blocking::TIMEOUT,
         })
+    }
+
+    /// The provider with blocking calls bounded by `timeout` instead of [`blocking::TIMEOUT`].
+    #[cfg(test)]
+    pub(crate) fn with_timeout(self, timeout: Duration) -> Self {
+        FileProvider { timeout, ..self }
     }
 
     /// The registry factory: the config is the root directory (`data_dir=..` accepted too),
@@ -154,7 +165,7 @@ impl FileProvider {
         F: FnOnce(&Inner) -> io::Result<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        blocking::run(NAME, move || work(&inner).map_err(io_error)).await
+        blocking::run(NAME, self.timeout, move || work(&inner).map_err(io_error)).await
     }
 
     /// Runs a scan to its end, one blocking call per batch, summing what the batches return.
@@ -166,7 +177,7 @@ impl FileProvider {
         let mut total = 0;
         loop {
             let inner = Arc::clone(&self.inner);
-            let (next, n) = blocking::run_cancellable(NAME, blocking::TIMEOUT, move |cancel| {
+            let (next, n) = blocking::run_cancellable(NAME, self.timeout, move |cancel| {
                 let n = batch(&inner, &mut cursor, cancel).map_err(io_error)?;
                 Ok((cursor, n))
             })
@@ -330,8 +341,9 @@ impl Inner {
     ///
     /// `sync=always` writes a new file (see [`write`](Inner::write)). `sync=lifecycle`
     /// overwrites the record file in place, through the handle it read it with, in one
-    /// `write` padded with spaces (which the record's JSON ignores) to the old length, so a
-    /// shorter record needs no truncation and a process crash cannot leave half of it.
+    /// `write` padded with spaces to the old length (the decoder ignores what follows the
+    /// record's own length), so a shorter record needs no truncation; if a crash tears the
+    /// write, the checksum makes the record damaged, never a mix of old and new values.
     /// The caller holds the key's stripe lock, as readers do, so none sees a write in progress.
     fn save(&self, key: &str, changes: &ChangeSet, _held: &MutexGuard<'_, ()>) -> io::Result<bool> {
         if self.sync == SyncMode::Always {

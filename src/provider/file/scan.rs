@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Inner, Read2, damaged};
 use crate::provider::blocking::Cancel;
-use crate::record::peek_expiry;
+use crate::record::{HEADER, peek_expiry};
 
 /// The most directory entries one blocking call examines.
 pub(super) const BATCH: usize = 256;
@@ -93,7 +93,7 @@ impl Inner {
             Some(dirs) => dirs,
             None => dirs.insert(self.subdirectories()?),
         };
-        let mut header = [0u8; 18];
+        let mut header = [0u8; HEADER];
         let mut examined = 0;
         while examined < BATCH && !cancel.is_cancelled() {
             examined += 1;

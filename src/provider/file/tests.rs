@@ -166,3 +166,43 @@ fn r12_file_load_now_and_save_now_never_wait_for_a_held_stripe_lock() {
         assert_eq!(saved.values["k"], "1");
     });
 }
+
+/// R1, R5: a blocking file call that waits past its timeout (here on the session's stripe
+/// lock, held as a create holds it across its `fsync`s, or as a hung disk would hold the
+/// call) is a 503 with the cookie kept, other sessions and routes are served, and the
+/// session answers again afterwards; in both sync modes.
+#[tokio::test]
+async fn r5_r1_file_a_call_past_its_timeout_is_a_503_and_the_app_recovers() {
+    use crate::provider::blocking::test_app::Reply;
+    use crate::provider::blocking::test_app::{Held, get, service, unavailable_then_recovers};
+
+    for sync in [SyncMode::Always, SyncMode::Lifecycle] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = FileProvider::with_sync(dir.path(), Clock::system(), sync)
+            .unwrap()
+            .with_timeout(std::time::Duration::from_millis(200));
+        let inner = Arc::clone(&p.inner);
+        let svc = service(Arc::new(p));
+        let login = |value: &'static str| {
+            let svc = &svc;
+            async move {
+                let r: Reply = get(svc, &format!("/set?key=user&value={value}"), None).await;
+                assert_eq!(r.status, 200, "{sync:?}");
+                r.session.unwrap()
+            }
+        };
+        let stuck = login("ann").await;
+        let stripe =
+            |cookie: &str| inner.stripe(&SessionId::parse(cookie, 32).unwrap().storage_key());
+        let mut other = login("bob").await;
+        while stripe(&other) == stripe(&stuck) {
+            other = login("bob").await;
+        }
+        let (held_inner, held_stripe) = (Arc::clone(&inner), stripe(&stuck));
+        let held = Held::new(move |wait| {
+            let _guard = held_inner.lock(held_stripe);
+            wait();
+        });
+        unavailable_then_recovers(&svc, &stuck, &other, held).await;
+    }
+}

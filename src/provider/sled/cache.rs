@@ -111,7 +111,7 @@ fn apply(shard: &mut Shard, key: &str, changes: &ChangeSet, now: u64) -> Option<
 /// The cache: every operation on a key holds its shard's lock, so for a cached key the
 /// cache is the truth and sled holds the same record or an older version of it.
 impl Inner {
-    fn shard_of(&self, key: &[u8]) -> usize {
+    pub(super) fn shard_of(&self, key: &[u8]) -> usize {
         // Storage keys are hex digests: any few bytes spread evenly.
         let h = key.iter().take(8).fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)

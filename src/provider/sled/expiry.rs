@@ -50,6 +50,7 @@ impl Inner {
     }
     /// Adds the index entry for a record under `key` in `bucket` (a no-op if it is there).
     pub(super) fn index(&self, bucket: u64, key: &[u8]) -> Result<()> {
+        self.writable()?;
         self.expiry
             .insert(index_key(bucket, key), &[][..])
             .map_err(storage)?;

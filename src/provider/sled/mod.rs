@@ -75,6 +75,8 @@ use crate::record::{ChangeSet, Record};
 
 mod cache;
 mod expiry;
+#[cfg(test)]
+mod failure_tests;
 mod files;
 mod records;
 
@@ -95,6 +97,8 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
 pub struct SledProvider {
     inner: Arc<Inner>,
     writer: Option<Writer>,
+    /// How long one blocking call or flush may take ([`blocking::TIMEOUT`]; shorter in tests).
+    timeout: Duration,
 }
 
 /// The write-behind thread, and the channel whose closing stops it.
@@ -129,6 +133,9 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     /// The bound of one shard, in entries (at least 1).
     per_shard: usize,
+    /// Makes every write to sled fail, as a full or failing disk would (unit tests only).
+    #[cfg(test)]
+    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for SledProvider {
@@ -228,6 +235,8 @@ impl SledProvider {
             bucket_ms: (lifetime_ms / BUCKETS_PER_LIFETIME).max(1),
             shards: (0..shards).map(|_| Mutex::default()).collect(),
             per_shard: capacity.div_ceil(shards),
+            #[cfg(test)]
+            fail_writes: Default::default(),
         });
         let weak = Arc::downgrade(&inner);
         let thread = thread::Builder::new()
@@ -239,7 +248,16 @@ impl SledProvider {
         Ok(SledProvider {
             inner,
             writer: Some(Writer { stop, thread }),
+            timeout: blocking::TIMEOUT,
         })
+    }
+
+    /// The provider with blocking calls and flushes bounded by `timeout` instead of
+    /// [`blocking::TIMEOUT`].
+    #[cfg(test)]
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The registry factory (`sled` and `ledis`): the config is the data directory, or
@@ -270,19 +288,19 @@ impl SledProvider {
         .await
     }
 
-    /// Runs `work` on tokio's blocking pool, bounded by [`blocking::TIMEOUT`].
+    /// Runs `work` on tokio's blocking pool, bounded by the timeout ([`blocking::TIMEOUT`]).
     async fn run<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        blocking::run(NAME, move || work(&inner)).await
+        blocking::run(NAME, self.timeout, move || work(&inner)).await
     }
 
     /// Waits until everything written so far is on disk.
     async fn flush(&self) -> Result<()> {
-        match tokio::time::timeout(blocking::TIMEOUT, self.inner.db.flush_async()).await {
+        match tokio::time::timeout(self.timeout, self.inner.db.flush_async()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(storage(e)),
             Err(_) => Err(Error::unavailable(NAME, "flush timed out")),
@@ -331,6 +349,19 @@ fn open_error(dir: &Path, e: ::sled::Error) -> Error {
 /// A sled failure at run time: an I/O error or damage in sled's own files.
 fn storage(e: ::sled::Error) -> Error {
     Error::backend(NAME, e)
+}
+
+impl Inner {
+    /// Before a write to sled: the injected failure of a unit test, if one is set.
+    fn writable(&self) -> Result<()> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(storage(::sled::Error::Io(std::io::Error::other(
+                "injected write failure",
+            ))));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Inner {
@@ -477,6 +508,7 @@ mod tests {
         let share = || SledProvider {
             inner: Arc::clone(&p.inner),
             writer: None,
+            timeout: p.timeout,
         };
         let (answer_tx, answer) = mpsc::channel();
         let (asking, asked, probe) = (share(), sid.clone(), changes.clone());

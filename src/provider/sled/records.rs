@@ -71,6 +71,7 @@ impl Inner {
     /// Replaces `old` (`None`: absent) by `new` (`None`: delete) under `key`, if `old` is
     /// still what is stored.
     pub(super) fn swap(&self, key: &[u8], old: Option<&IVec>, new: Option<IVec>) -> Result<Swap> {
+        self.writable()?;
         Ok(self
             .records
             .compare_and_swap(key, old, new)
