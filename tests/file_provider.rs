@@ -165,7 +165,7 @@ async fn r2_file_a_write_that_fails_is_a_500_before_the_body() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("s");
         let (loaded, proceed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let slow = Slow {
+        let slow = Slow::Signal {
             loaded: loaded.clone(),
             proceed: proceed.clone(),
         };
