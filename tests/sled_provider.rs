@@ -122,7 +122,9 @@ async fn a_held_directory_is_a_configuration_error() {
         Duration::from_secs(60),
     );
     // sled releases the lock from a background thread just after the last handle drops.
-    let p = (0..1_000_000)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let p = std::iter::repeat_with(std::time::Instant::now)
+        .take_while(|now| *now < deadline)
         .find_map(|_| match build("ledis", &ctx) {
             Err(Error::ProviderConfig { reason, .. }) if reason.contains("in use") => {
                 std::thread::yield_now();
@@ -239,7 +241,9 @@ fn entry(bucket: u64, sid: &SessionId) -> Vec<u8> {
 /// lock from a background thread just after the last handle drops, so a refusal is retried
 /// for a moment (polling, not sleeping).
 fn reopen(path: &Path) -> sled::Db {
-    for _ in 0..1_000_000 {
+    // Bounded by time, not tries: a loaded machine yields slowly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         match sled::open(path) {
             Ok(db) => return db,
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
@@ -253,7 +257,9 @@ fn reopen(path: &Path) -> sled::Db {
 
 /// [`reopen`] for the provider itself.
 fn reopen_provider(path: &Path, clock: &Clock) -> SledProvider {
-    for _ in 0..1_000_000 {
+    // Bounded by time, not tries: a loaded machine yields slowly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         match SledProvider::open(path, clock.clone()) {
             Ok(p) => return p,
             Err(Error::ProviderConfig { reason, .. }) if reason.contains("in use") => {
