@@ -1,194 +1,24 @@
 //! What needs a process boundary (SECURITY.md rows, a graceful stop): an example app runs as
-//! a child process (built by `cargo build --all-features --examples`, as `scripts/test` does)
-//! on a free loopback port, and the test talks plain HTTP/1.1 to it, kills it, stops it with
-//! SIGTERM, or stops its redis-server.
+//! a child process (`tests/support/app.rs`), and the test talks plain HTTP/1.1 to it, kills
+//! it, stops it with SIGTERM, or stops its redis-server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sessioner::{Record, SessionId};
 
+#[path = "support/app.rs"]
+mod app;
 #[cfg(feature = "redis")]
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
-/// The example `name` next to this test binary.
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it first with `cargo build --all-features --examples` (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// An example app as a child process, killed (SIGKILL) when dropped.
-struct App {
-    child: Child,
-    port: u16,
-}
-
-impl App {
-    /// The demo app.
-    fn demo(env: &[(&str, String)]) -> App {
-        App::start("demo", env)
-    }
-
-    /// The example `name`, once it listens.
-    fn start(name: &str, env: &[(&str, String)]) -> App {
-        let port = free_port();
-        // The developer's own settings never reach the app: only the test's.
-        let inherited = std::env::vars_os().map(|(k, _)| k).filter(|k| {
-            let k = k.to_string_lossy();
-            k.starts_with("SESSION_") || k.starts_with("SESSIONER_")
-        });
-        let mut command = Command::new(example_binary(name));
-        for key in inherited {
-            command.env_remove(key);
-        }
-        let child = command
-            .env("PORT", port.to_string())
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut app = App { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                app.child.try_wait().unwrap().is_none(),
-                "{name} exited at startup"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not listen within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        app
-    }
-
-    /// GETs `path` every 100 ms until it answers 200, for at most 30 s; the last reply.
-    fn get_until_ok(&self, path: &str, cookie: &str) -> Reply {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = self.get(path, Some(cookie));
-            if r.status == 200 || Instant::now() > deadline {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn get(&self, path: &str, cookie: Option<&str>) -> Reply {
-        get(self.port, path, cookie)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits, at most 30 s, for the process to exit; its exit status.
-    #[cfg(unix)]
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the app did not exit within 30 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    session: Option<String>,
-    body: String,
-}
-
-/// One `GET` over a fresh connection.
-fn get(port: u16, path: &str, cookie: Option<&str>) -> Reply {
-    try_get(port, path, cookie).unwrap()
-}
-
-/// One `GET` over a fresh connection; an error if the server cannot be reached or dies.
-fn try_get(port: u16, path: &str, cookie: Option<&str>) -> std::io::Result<Reply> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let cookie = cookie
-        .map(|c| format!("Cookie: sessioner={c}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{cookie}Connection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let session = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
-        .filter_map(|(_, v)| v.trim().strip_prefix("sessioner="))
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
-        .next();
-    Ok(Reply {
-        status,
-        session,
-        body: body.to_owned(),
-    })
-}
+use app::App;
 
 fn visits(body: &str) -> u64 {
     let marker = r#"<strong id="visits">"#;
@@ -258,7 +88,7 @@ fn write_until_killed(env: &[(&str, String)]) -> Answered {
                     }
                     let cookie =
                         (n % 8 != 0 && !mine.is_empty()).then(|| mine[n % mine.len()].clone());
-                    let Ok(r) = try_get(port, "/", cookie.as_deref()) else {
+                    let Ok(r) = app::request(port, "GET", "/", cookie.as_deref(), "") else {
                         continue; // the server died under this request
                     };
                     if r.status != 200 {
@@ -406,7 +236,7 @@ fn sigterm_stops_gracefully_and_sled_keeps_every_write() {
             dir.path().join("db").to_string_lossy().into_owned(),
         ),
     ];
-    let mut app = App::start("bench_server", &env);
+    let mut app = App::start("bench_server", None, &env);
     let first = app.get("/counter", None);
     assert_eq!(first.body, "1");
     let cookie = first.session.expect("a session");
@@ -415,7 +245,7 @@ fn sigterm_stops_gracefully_and_sled_keeps_every_write() {
     }
     let status = app.terminate();
 
-    let app = App::start("bench_server", &env);
+    let app = App::start("bench_server", None, &env);
     assert_eq!(
         app.get("/counter", Some(&cookie)).body,
         "21",
@@ -491,7 +321,7 @@ fn r5_client_pause_makes_session_requests_fail_within_the_timeout() {
         .arg("ALL")
         .query(&mut admin)
         .unwrap();
-    let paused = Instant::now();
+    let paused = std::time::Instant::now();
 
     let r = demo.get("/", Some(&cookie));
     let took = paused.elapsed();
@@ -500,7 +330,7 @@ fn r5_client_pause_makes_session_requests_fail_within_the_timeout() {
         took < Duration::from_secs(4),
         "a paused redis held the request for {took:?}: the timeout did not bound it"
     );
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     assert_eq!(demo.get("/static/style.css", Some(&cookie)).status, 200);
     assert!(
         started.elapsed() < Duration::from_secs(2),
