@@ -222,3 +222,66 @@ fn spawn(port: u16, mut command: Command) -> Option<Child> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Every item the memcached at `addr` lists (`lru_crawler metadump all`, best effort: an
+/// item moved while the crawler runs may be missed) and every key of `also`, each with its
+/// value: (key, value) pairs, keys URL-decoded.
+pub fn dump(addr: &str, also: &[String]) -> Vec<(String, Vec<u8>)> {
+    let listing = admin(addr, "lru_crawler metadump all\r\n", "END\r\n");
+    let mut keys: Vec<String> = listing
+        .lines()
+        .filter_map(|line| line.strip_prefix("key="))
+        .map(|rest| url_decode(rest.split(' ').next().unwrap()))
+        .chain(also.iter().cloned())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut out = Vec::new();
+    for key in keys {
+        stream
+            .write_all(format!("get {key}\r\n").as_bytes())
+            .unwrap();
+        let header = read_line(&mut stream);
+        if header == "END" {
+            continue; // expired or deleted since the listing
+        }
+        let len: usize = header.rsplit(' ').next().unwrap().parse().unwrap();
+        let mut value = vec![0; len + 2];
+        stream.read_exact(&mut value).unwrap();
+        value.truncate(len);
+        assert_eq!(read_line(&mut stream), "END");
+        out.push((key, value));
+    }
+    out
+}
+
+fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        line.push(byte[0]);
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).unwrap()
+}
+
+fn url_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
