@@ -30,7 +30,8 @@
 //! - Deadlines are judged by the system clock, so build the provider with
 //!   [`Clock::system`](crate::Clock::system). A backend that deletes expired records by
 //!   itself (redis TTLs) declares it with `expiry = ByBackend` ([`Expiry`]); its `gc` is then
-//!   expected to find nothing to remove.
+//!   expected to find nothing to remove. A backend that cannot enumerate its records
+//!   (memcached) declares `count = Unsupported` ([`Count`]): its `count` must be an error.
 //! - The clause functions are public: call them from your own tests, inside a multi-thread
 //!   tokio runtime. They check every result they get and panic on a breach, as assertions do.
 //!
@@ -65,6 +66,17 @@ pub enum Expiry {
     ByBackend,
 }
 
+/// Whether a backend can count its sessions; decides which `count` clause [`conformance!`]
+/// runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    /// `count` returns the number of live records ([`count_sees_only_live_records`]).
+    Live,
+    /// The backend cannot enumerate its records (memcached): `count` is an error, never a
+    /// number ([`count_is_unsupported`]); the `gc` clause then checks records one by one.
+    Unsupported,
+}
+
 /// Runs `future` to completion on a fresh multi-thread tokio runtime (two workers, time and
 /// I/O enabled), as each test of [`conformance!`] does.
 ///
@@ -82,13 +94,14 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 
 /// One `#[test]` per clause of the provider contract, in a module named after the backend.
 ///
-/// `conformance!(name, factory)` or `conformance!(name, factory, expiry = ByBackend)`:
-/// `factory` is an expression (it may `.await`) evaluated once per clause, returning
-/// `(Arc<dyn Provider>, guard)`; see the [module documentation](self).
+/// `conformance!(name, factory)`, optionally followed by `expiry = ByBackend` ([`Expiry`])
+/// and/or `count = Unsupported` ([`Count`]), in that order: `factory` is an expression (it
+/// may `.await`) evaluated once per clause, returning `(Arc<dyn Provider>, guard)`; see the
+/// [module documentation](self).
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance {
-    ($name:ident, $make:expr, expiry = $expiry:ident $(,)?) => {
+    ($name:ident, $make:expr, expiry = $expiry:ident, count = $count:ident $(,)?) => {
         // Outside test builds (a doctest) the tests are plain functions, still type-checked.
         #[allow(dead_code)]
         mod $name {
@@ -100,24 +113,36 @@ macro_rules! __conformance {
                 racing_creates_of_one_id_have_one_winner, save_merges_per_key,
                 deleting_the_last_key_persists, save_refreshes_expiry, save_never_recreates,
                 regenerate_moves_atomically, regenerate_never_overwrites,
-                expired_records_read_as_absent, count_sees_only_live_records,
+                expired_records_read_as_absent,
                 concurrent_saves_of_distinct_keys_all_persist, fast_paths_agree);
-
-            #[cfg_attr(test, test)]
-            fn gc_removes_and_counts_expired_records() {
-                $crate::testing::block_on(async {
-                    let (provider, _guard) = $make;
-                    $crate::testing::gc_removes_and_counts_expired_records(
-                        provider,
-                        $crate::testing::Expiry::$expiry,
-                    )
-                    .await;
-                });
-            }
+            $crate::__conformance!(@count $count; $make; $expiry);
         }
     };
+    ($name:ident, $make:expr, expiry = $expiry:ident $(,)?) => {
+        $crate::__conformance!($name, $make, expiry = $expiry, count = Live);
+    };
+    ($name:ident, $make:expr, count = $count:ident $(,)?) => {
+        $crate::__conformance!($name, $make, expiry = ByGc, count = $count);
+    };
     ($name:ident, $make:expr $(,)?) => {
-        $crate::__conformance!($name, $make, expiry = ByGc);
+        $crate::__conformance!($name, $make, expiry = ByGc, count = Live);
+    };
+    (@count Live; $make:expr; $expiry:ident) => {
+        $crate::__conformance!(@clauses $make; count_sees_only_live_records);
+        $crate::__conformance!(@gc $make; $expiry; gc_removes_and_counts_expired_records);
+    };
+    (@count Unsupported; $make:expr; $expiry:ident) => {
+        $crate::__conformance!(@clauses $make; count_is_unsupported);
+        $crate::__conformance!(@gc $make; $expiry; gc_removes_expired_records_uncounted);
+    };
+    (@gc $make:expr; $expiry:ident; $clause:ident) => {
+        #[cfg_attr(test, test)]
+        fn $clause() {
+            $crate::testing::block_on(async {
+                let (provider, _guard) = $make;
+                $crate::testing::$clause(provider, $crate::testing::Expiry::$expiry).await;
+            });
+        }
     };
     (@clauses $make:expr; $($clause:ident),*) => {
         $(
@@ -408,18 +433,31 @@ pub async fn count_sees_only_live_records(p: Arc<dyn Provider>) {
 /// [`Expiry::ByBackend`]), in one call even past a batch; keeps every live record with its
 /// values; a second `gc` finds nothing. The provider must start empty.
 pub async fn gc_removes_and_counts_expired_records(p: Arc<dyn Provider>, expiry: Expiry) {
+    gc_clause(p, expiry, Count::Live).await;
+}
+
+/// [`gc_removes_and_counts_expired_records`] for a backend with [`Count::Unsupported`]: the
+/// same checks, except that the live records are checked one by one rather than counted.
+pub async fn gc_removes_expired_records_uncounted(p: Arc<dyn Provider>, expiry: Expiry) {
+    gc_clause(p, expiry, Count::Unsupported).await;
+}
+
+async fn gc_clause(p: Arc<dyn Provider>, expiry: Expiry, count: Count) {
     const EXPIRED: usize = 300;
-    assert_eq!(
-        p.count().await.unwrap(),
-        0,
-        "the factory must build a provider over empty storage"
-    );
+    if count == Count::Live {
+        assert_eq!(
+            p.count().await.unwrap(),
+            0,
+            "the factory must build a provider over empty storage"
+        );
+    }
     let ids: Vec<_> = (0..5).map(|_| id()).collect();
     for (n, a) in ids.iter().enumerate() {
         create(&*p, a, &live(&[("n", &n.to_string())])).await;
     }
-    for _ in 0..EXPIRED {
-        create(&*p, &id(), &expired(&[("k", "1")])).await;
+    let dead: Vec<_> = (0..EXPIRED).map(|_| id()).collect();
+    for a in &dead {
+        create(&*p, a, &expired(&[("k", "1")])).await;
     }
     let removed = p.gc().await.unwrap();
     let expected = match expiry {
@@ -435,10 +473,28 @@ pub async fn gc_removes_and_counts_expired_records(p: Arc<dyn Provider>, expiry:
         0,
         "a second gc found expired records left"
     );
-    assert_eq!(p.count().await.unwrap(), 5, "gc removed a live record");
+    if count == Count::Live {
+        assert_eq!(p.count().await.unwrap(), 5, "gc removed a live record");
+    }
     for (n, a) in ids.iter().enumerate() {
         assert_eq!(load_values(&*p, a).await, map(&[("n", &n.to_string())]));
     }
+    for a in dead.iter().step_by(10) {
+        assert_absent(&*p, a, "an expired record is readable after gc").await;
+    }
+}
+
+/// `count` on a backend that cannot enumerate its records: an error, before and after
+/// records are stored, never a number.
+pub async fn count_is_unsupported(p: Arc<dyn Provider>) {
+    let before = p.count().await;
+    assert!(
+        before.is_err(),
+        "count answered {before:?} on empty storage"
+    );
+    create(&*p, &id(), &live(&[("k", "1")])).await;
+    let after = p.count().await;
+    assert!(after.is_err(), "count answered {after:?}");
 }
 
 /// Concurrency: saves of different keys to one session, all at once, all persist (per-key

@@ -18,6 +18,9 @@ mod blocking;
 #[cfg(feature = "file")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file")))]
 pub mod file;
+#[cfg(feature = "memcache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memcache")))]
+pub mod memcache;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
@@ -148,6 +151,11 @@ static REGISTRY: Lazy<RwLock<HashMap<String, Factory>>> = Lazy::new(|| {
     map.insert("ledis".into(), Arc::new(sled::SledProvider::factory));
     #[cfg(feature = "redis")]
     map.insert("redis".into(), Arc::new(redis::RedisProvider::factory));
+    #[cfg(feature = "memcache")]
+    map.insert(
+        "memcache".into(),
+        Arc::new(memcache::MemcacheProvider::factory),
+    );
     RwLock::new(map)
 });
 

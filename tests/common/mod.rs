@@ -403,6 +403,88 @@ pub fn counting(options: Options) -> (Options, Arc<Calls>) {
 #[path = "../support/redis_server.rs"]
 pub mod redis_server;
 
+#[cfg(feature = "memcache")]
+#[path = "../support/memcached_server.rs"]
+pub mod memcached_server;
+
+/// The ids each [`Tracked`] provider (by registered name) stored a session under.
+#[cfg(feature = "memcache")]
+type TrackedIds = Arc<Mutex<std::collections::HashSet<SessionId>>>;
+
+#[cfg(feature = "memcache")]
+static TRACKED: Mutex<Option<HashMap<String, TrackedIds>>> = Mutex::new(None);
+
+/// The memcache backend of the per-backend flows: the real memcache provider behind a
+/// wrapper that notes every id a session was stored under (`create`, `regenerate`) and
+/// answers `count` by loading each through the real provider. memcached cannot list its
+/// keys, so the provider's own `count` is an error (tests/memcache_provider.rs checks it);
+/// the flows observe the live set through `/count`, and this count is that set as the
+/// server holds it. Every other call passes through unchanged.
+#[cfg(feature = "memcache")]
+#[derive(Debug)]
+pub struct Tracked {
+    ids: TrackedIds,
+    inner: Arc<dyn Provider>,
+}
+
+#[cfg(feature = "memcache")]
+#[async_trait]
+impl Provider for Tracked {
+    async fn load(&self, id: &SessionId) -> sessioner::Result<Option<Record>> {
+        self.inner.load(id).await
+    }
+    async fn create(&self, id: &SessionId, record: &Record) -> sessioner::Result<bool> {
+        self.ids.lock().unwrap().insert(id.clone());
+        self.inner.create(id, record).await
+    }
+    async fn save(&self, id: &SessionId, changes: &ChangeSet) -> sessioner::Result<bool> {
+        self.inner.save(id, changes).await
+    }
+    async fn destroy(&self, id: &SessionId) -> sessioner::Result<()> {
+        self.inner.destroy(id).await
+    }
+    async fn regenerate(&self, old: &SessionId, new: &SessionId) -> sessioner::Result<Regenerated> {
+        self.ids.lock().unwrap().insert(new.clone());
+        self.inner.regenerate(old, new).await
+    }
+    async fn count(&self) -> sessioner::Result<usize> {
+        let ids: Vec<SessionId> = self.ids.lock().unwrap().iter().cloned().collect();
+        let mut live = 0;
+        for id in ids {
+            live += usize::from(self.inner.load(&id).await?.is_some());
+        }
+        Ok(live)
+    }
+    async fn gc(&self) -> sessioner::Result<usize> {
+        self.inner.gc().await
+    }
+}
+
+/// Registers a [`Tracked`] memcache provider (built from the handler's context, as
+/// `sessioner(..)` builds any) under a name of its own, and returns the name.
+#[cfg(feature = "memcache")]
+fn tracked_memcache() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "memcache-tracked-{}",
+        NEXT.fetch_add(1, AtomicOrdering::Relaxed)
+    );
+    let ids = TrackedIds::default();
+    TRACKED
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(name.clone(), Arc::clone(&ids));
+    sessioner::register(&name, move |ctx| {
+        Ok(Arc::new(Tracked {
+            ids: Arc::clone(&ids),
+            inner: sessioner::provider::build("memcache", ctx)?,
+        }) as Arc<dyn Provider>)
+    })
+    .unwrap();
+    name
+}
+
 /// A backend for one test: its options, and whatever must live as long as it (a temporary
 /// directory, nothing for redis: the binary shares one server).
 pub struct Backend {
@@ -411,10 +493,28 @@ pub struct Backend {
 }
 
 /// The built-in backend `name` on fresh storage: `memory`, `file`, `file_sync_lifecycle`
-/// (the file provider with `sync=lifecycle`), `sled`, `redis` (the test binary's shared redis-server, a prefix of its own).
+/// (the file provider with `sync=lifecycle`), `sled`, `redis` (the test binary's shared redis-server, a prefix of its own),
+/// `memcache` (the test binary's shared memcached, a prefix of its own, [`Tracked`]).
 pub fn backend(name: &str) -> Backend {
     let (provider, provider_config, guard): (&str, String, Box<dyn Any>) = match name {
         "memory" => ("memory", String::new(), Box::new(())),
+        #[cfg(feature = "memcache")]
+        "memcache" => {
+            let config = format!(
+                "{};prefix={}",
+                memcached_server::shared_addr(),
+                memcached_server::unique_prefix("http")
+            );
+            return Backend {
+                options: Options {
+                    provider: tracked_memcache(),
+                    provider_config: config,
+                    section: SECTION.into(),
+                    ..Default::default()
+                },
+                guard: Box::new(()),
+            };
+        }
         "file" | "file_sync_lifecycle" => {
             let dir = tempfile::tempdir().unwrap();
             let sync = if name == "file" {
@@ -456,7 +556,9 @@ pub fn backend(name: &str) -> Backend {
 /// - sled: each tree's keys and values read through sled, then every file of the
 ///   directory raw; the provider must be closed (its handler dropped) first;
 /// - redis: every key of the database (not only the prefix), and every member, field and
-///   value of it, whatever its type.
+///   value of it, whatever its type;
+/// - memcache ([`Tracked`]): every item the server lists, and every tracked session's item,
+///   each key and value.
 pub fn dump(options: &Options) -> Option<Vec<(String, Vec<u8>)>> {
     let config = options.provider_config.as_str();
     match options.provider.as_str() {
@@ -466,6 +568,8 @@ pub fn dump(options: &Options) -> Option<Vec<(String, Vec<u8>)>> {
         "sled" => Some(dump_sled(Path::new(config))),
         #[cfg(feature = "redis")]
         "redis" => Some(dump_redis(config.split('?').next().unwrap())),
+        #[cfg(feature = "memcache")]
+        tracked if tracked.starts_with("memcache-tracked-") => Some(dump_memcache(tracked, config)),
         other => panic!("no dump for provider {other:?}"),
     }
 }
@@ -505,6 +609,25 @@ fn dump_sled(dir: &Path) -> Vec<(String, Vec<u8>)> {
         }
     }
     out.extend(dump_files(dir));
+    out
+}
+
+#[cfg(feature = "memcache")]
+fn dump_memcache(name: &str, config: &str) -> Vec<(String, Vec<u8>)> {
+    let addr = config.split(';').next().unwrap();
+    let prefix = config.split_once(";prefix=").unwrap().1;
+    let ids = TRACKED.lock().unwrap().as_ref().unwrap()[name].clone();
+    let keys: Vec<String> = ids
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|id| format!("{prefix}{}", id.storage_key()))
+        .collect();
+    let mut out = Vec::new();
+    for (key, value) in memcached_server::dump(addr, &keys) {
+        out.push((format!("memcache value {key}"), value));
+        out.push((format!("memcache key {key}"), key.into_bytes()));
+    }
     out
 }
 
@@ -572,18 +695,32 @@ macro_rules! per_backend {
         $crate::common::per_backend!(@module sled; $($flow),*);
         #[cfg(feature = "redis")]
         $crate::common::per_backend!(@module redis; $($flow),*);
+        #[cfg(feature = "memcache")]
+        $crate::common::per_backend!(@module memcache; $($flow),*);
+    };
+    (@module memcache; $($flow:ident),*) => {
+        mod memcache {
+            $( $crate::common::per_backend!(@memcache $flow); )*
+        }
+    };
+    // Expects gc to count what it removes unless the provider is named `redis`; memcached
+    // expires by itself (its gc is 0, as the conformance suite checks).
+    (@memcache gc_removes_sessions_idle_past_their_lifetime) => {};
+    (@memcache $flow:ident) => {
+        $crate::common::per_backend!(@test memcache $flow);
     };
     (@module $backend:ident; $($flow:ident),*) => {
         mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $flow() {
-                    let $crate::common::Backend { options, guard } =
-                        $crate::common::backend(stringify!($backend));
-                    super::$flow(options).await;
-                    drop(guard);
-                }
-            )*
+            $( $crate::common::per_backend!(@test $backend $flow); )*
+        }
+    };
+    (@test $backend:ident $flow:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $flow() {
+            let $crate::common::Backend { options, guard } =
+                $crate::common::backend(stringify!($backend));
+            super::$flow(options).await;
+            drop(guard);
         }
     };
 }

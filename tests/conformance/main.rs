@@ -67,6 +67,28 @@ sessioner::testing::conformance!(
     expiry = ByBackend
 );
 
+#[cfg(feature = "memcache")]
+#[path = "../support/memcached_server.rs"]
+mod memcached_server;
+
+#[cfg(feature = "memcache")]
+sessioner::testing::conformance!(
+    memcache,
+    {
+        let config = format!(
+            "{};prefix={}",
+            memcached_server::shared_addr(),
+            memcached_server::unique_prefix("conformance")
+        );
+        let p: Arc<dyn Provider> = Arc::new(
+            sessioner::provider::memcache::MemcacheProvider::new(&config, Clock::system()).unwrap(),
+        );
+        (p, ())
+    },
+    expiry = ByBackend,
+    count = Unsupported
+);
+
 // The fast paths are optional; these backends promise them, so the clause is not vacuous.
 
 #[test]

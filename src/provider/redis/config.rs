@@ -1,7 +1,13 @@
-//! The redis provider's ProviderConfig: macaron's comma-separated settings or a URL.
+//! The redis provider's ProviderConfig: macaron's comma-separated settings, the docs'
+//! positional form, or a URL.
 //!
 //! - A config containing `://` is a URL (`redis`, `rediss`, `redis+unix`, `unix`); anything
-//!   else is `name=value` settings separated by commas (a trailing `;` is allowed).
+//!   else is parts separated by commas (a trailing `;` is allowed).
+//! - Leading parts without `=` are positional, as macaron's and beego's docs print them
+//!   (`127.0.0.1:6379,100,macaron`, `127.0.0.1:6379`): address, pool size (ignored),
+//!   password, db, idle timeout (ignored); at most five, each may be empty. `name=value`
+//!   settings may follow; a positional part after a setting is an error. A password holding
+//!   `,` or `=` needs the `password=` setting or a URL.
 //! - Both forms give the same [`Config`]: the connection info, the key prefix (default
 //!   [`DEFAULT_PREFIX`]) and the timeout (default [`DEFAULT_TIMEOUT`]).
 //! - `prefix` and `timeout_ms` are sessioner's own settings, also as URL query parameters
@@ -19,6 +25,9 @@ use ::redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use super::{DEFAULT_PREFIX, DEFAULT_TIMEOUT, NAME};
 use crate::error::{Error, Result};
 use crate::provider::ProviderContext;
+
+/// The positional parts, in order, by the setting each one stands for.
+const POSITIONAL: [&str; 5] = ["addr", "pool_size", "password", "db", "idle_timeout"];
 
 /// A parsed ProviderConfig.
 pub(super) struct Config {
@@ -45,15 +54,41 @@ impl Config {
         let mut settings = ::redis::RedisConnectionInfo::default();
         let mut prefix = DEFAULT_PREFIX.to_owned();
         let mut timeout = DEFAULT_TIMEOUT;
-        for part in config
+        let parts: Vec<&str> = config
             .trim_end_matches(';')
             .split(',')
             .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let Some((name, value)) = part.split_once('=') else {
-                return Err(bad(format!("`{part}` is not `name=value`")));
-            };
+            .collect();
+        let positional = parts.iter().take_while(|p| !p.contains('=')).count();
+        if positional > POSITIONAL.len() {
+            return Err(bad(format!(
+                "`{}` is not `name=value`, and the positional form has at most {} parts ({})",
+                parts[POSITIONAL.len()],
+                POSITIONAL.len(),
+                POSITIONAL.join(", ")
+            )));
+        }
+        let named = parts[positional..].iter().filter(|p| !p.is_empty());
+        let positional: Vec<(&str, &str)> = parts[..positional]
+            .iter()
+            .zip(POSITIONAL)
+            .filter(|(value, _)| !value.is_empty())
+            .map(|(value, name)| (name, *value))
+            .collect();
+        for (name, value) in &positional {
+            if matches!(*name, "pool_size" | "idle_timeout") && value.parse::<u64>().is_err() {
+                return Err(bad(format!("`{value}` (the {name} part) is not a number")));
+            }
+        }
+        for (name, value) in positional.into_iter().chain(named.map(|part| {
+            // Every part after the first `name=value` must be one too.
+            part.split_once('=').unwrap_or(("", part))
+        })) {
+            if name.is_empty() {
+                return Err(bad(format!(
+                    "`{value}` is not `name=value` (positional parts come first)"
+                )));
+            }
             let value = value.trim();
             match name.trim() {
                 "network" => match value {
@@ -70,7 +105,9 @@ impl Config {
                         .parse::<i64>()
                         .ok()
                         .filter(|db| *db >= 0)
-                        .ok_or_else(|| bad("db must be a non-negative integer"))?;
+                        .ok_or_else(|| {
+                            bad(format!("db `{value}` is not a non-negative integer"))
+                        })?;
                     settings = settings.set_db(db);
                 }
                 "prefix" => prefix = value.to_owned(),
@@ -86,8 +123,10 @@ impl Config {
             (false, Some(addr)) => {
                 let (h, p) = addr
                     .rsplit_once(':')
-                    .ok_or_else(|| bad("addr must be host:port"))?;
-                port = p.parse().map_err(|_| bad("addr has an invalid port"))?;
+                    .ok_or_else(|| bad(format!("addr `{addr}` is not host:port")))?;
+                port = p
+                    .parse()
+                    .map_err(|_| bad(format!("addr `{addr}` has an invalid port")))?;
                 host = h.trim_start_matches('[').trim_end_matches(']').to_owned();
                 ConnectionAddr::Tcp(host, port)
             }
@@ -182,6 +221,50 @@ mod tests {
             "network=udp",
         ] {
             assert!(Config::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    /// The positional forms macaron's and beego's docs print: address, pool size, password,
+    /// and beego's db and idle timeout; `name=value` settings may follow.
+    #[test]
+    fn the_docs_positional_forms() {
+        let c = Config::parse("127.0.0.1:6379,100,macaron").unwrap();
+        assert_eq!(c.info.addr().to_string(), "127.0.0.1:6379");
+        assert_eq!(c.info.redis_settings().password(), Some("macaron"));
+        assert_eq!(c.info.redis_settings().db(), 0);
+        let c = Config::parse("127.0.0.1:6379,100,astaxie").unwrap();
+        assert_eq!(c.info.redis_settings().password(), Some("astaxie"));
+        for bare in ["127.0.0.1:6379", "127.0.0.1:7070"] {
+            let c = Config::parse(bare).unwrap();
+            assert_eq!(c.info.addr().to_string(), bare);
+            assert_eq!(c.info.redis_settings().password(), None);
+            assert_eq!(c.prefix, DEFAULT_PREFIX);
+        }
+        let c = Config::parse("10.0.0.1:6380,,pw,3,30,prefix=app:,timeout_ms=250").unwrap();
+        assert_eq!(c.info.addr().to_string(), "10.0.0.1:6380");
+        assert_eq!(c.info.redis_settings().password(), Some("pw"));
+        assert_eq!(c.info.redis_settings().db(), 3);
+        assert_eq!(c.prefix, "app:");
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        let c = Config::parse("127.0.0.1:6379,100,").unwrap();
+        assert_eq!(c.info.redis_settings().password(), None);
+    }
+
+    /// Nonsense is an error naming the part, never a panic; a password is never echoed.
+    #[test]
+    fn nonsense_names_the_part() {
+        for (config, named) in [
+            ("127.0.0.1", "`127.0.0.1`"),
+            ("127.0.0.1:http,100,pw", "`127.0.0.1:http`"),
+            ("127.0.0.1:6379,many,pw", "`many`"),
+            ("127.0.0.1:6379,100,pw,zero", "`zero`"),
+            ("127.0.0.1:6379,100,pw,0,30,extra", "`extra`"),
+            ("prefix=a:,127.0.0.1:6379", "`127.0.0.1:6379`"),
+            ("127.0.0.1:6379,colour=red", "`colour`"),
+        ] {
+            let err = Config::parse(config).err().unwrap().to_string();
+            assert!(err.contains(named), "{config}: {err}");
+            assert!(!err.contains("pw"), "{config} echoed the password: {err}");
         }
     }
 
