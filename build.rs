@@ -9,7 +9,7 @@
 //!   worked on locally; an application depending on sessioner from a registry or git never
 //!   sees it.
 
-const BACKENDS: [&str; 4] = ["memory", "file", "sled", "redis"];
+const BACKENDS: [&str; 5] = ["memory", "file", "sled", "redis", "memcache"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

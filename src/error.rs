@@ -106,6 +106,15 @@ pub enum Error {
     /// [`Sessioner::provider`](crate::Sessioner::provider) with the id read earlier.
     #[error("the session was used after the response was released")]
     Released,
+    /// The backend cannot do this operation at all (memcached cannot list its keys, so it
+    /// cannot `count`). Maps to `500`.
+    #[error("session backend `{provider}` does not support {operation}")]
+    Unsupported {
+        /// The provider's name.
+        provider: &'static str,
+        /// What was asked, e.g. `"count"`.
+        operation: &'static str,
+    },
 }
 
 /// `Result` with [`Error`].
@@ -134,6 +143,14 @@ impl Error {
         Error::Unavailable {
             provider,
             source: source.into(),
+        }
+    }
+
+    /// [`Error::Unsupported`]: backend `provider` cannot do `operation` at all.
+    pub fn unsupported(provider: &'static str, operation: &'static str) -> Self {
+        Error::Unsupported {
+            provider,
+            operation,
         }
     }
 

@@ -705,7 +705,6 @@ macro_rules! per_backend {
     };
     // Expects gc to count what it removes unless the provider is named `redis`; memcached
     // expires by itself (its gc is 0, as the conformance suite checks).
-    (@memcache gc_removes_sessions_idle_past_their_lifetime) => {};
     (@memcache $flow:ident) => {
         $crate::common::per_backend!(@test memcache $flow);
     };

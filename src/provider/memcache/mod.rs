@@ -43,7 +43,7 @@
 //!   is lost; if the old session was destroyed meanwhile, the copy is deleted. The old id is
 //!   dead before `regenerate` returns. A crash between the two steps leaves the old session
 //!   intact (the caller never learnt the new id) and an orphan copy that expires unread.
-//! - [`count`](Provider::count) is an error ([`Error::Backend`], "unsupported"): memcached
+//! - [`count`](Provider::count) is [`Error::Unsupported`]: memcached
 //!   cannot list its keys, and a made-up number would mislead.
 //!
 //! Why our own client: the crates.io candidates compared (late 2026) were `memcache` 0.21
@@ -339,12 +339,9 @@ impl Provider for MemcacheProvider {
         ))
     }
 
-    /// Unsupported: memcached cannot list its keys. Always [`Error::Backend`].
+    /// Unsupported: memcached cannot list its keys. Always [`Error::Unsupported`].
     async fn count(&self) -> Result<usize> {
-        Err(Error::backend(
-            NAME,
-            "count is unsupported: memcached cannot list the sessions it holds",
-        ))
+        Err(Error::unsupported(NAME, "count"))
     }
 
     /// memcached expires sessions by itself: nothing to do.
