@@ -52,10 +52,7 @@ fn provider(server: &RedisServer, prefix: &str, extra: &str) -> RedisProvider {
 
 /// A plain synchronous connection for looking at (and planting) keys behind the provider.
 fn admin(server: &RedisServer) -> redis::Connection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap()
+    server.admin()
 }
 
 fn all_keys(server: &RedisServer) -> Vec<String> {
@@ -172,6 +169,17 @@ async fn r3_a_wrong_typed_redis_key_is_corrupt_not_a_crash() {
     assert_eq!(p.load(&a).await.unwrap().unwrap().values["k"], "2");
 }
 
+/// The harness never takes another server for the one it started: a start on a port where
+/// a redis already answers fails (the new server cannot bind), rather than handing the test
+/// the other server.
+#[test]
+fn a_port_taken_by_another_redis_is_never_mistaken_for_ours() {
+    let other = RedisServer::start();
+    assert!(RedisServer::try_start_on(other.port(), &[]).is_none());
+    // The other server is untouched and still answers.
+    let () = redis::cmd("PING").query(&mut admin(&other)).unwrap();
+}
+
 fn is_unavailable<T: std::fmt::Debug>(r: &Result<T, Error>) -> bool {
     matches!(r, Err(Error::Unavailable { .. }))
 }
@@ -279,23 +287,29 @@ async fn r5_a_paused_redis_times_out() {
 /// A redis-server that also listens with TLS, using the test certificate in
 /// tests/support/tls (a P-256 CA and a `localhost` server certificate signed by it, valid
 /// until 2126; made with `openssl req -x509` and `openssl x509 -req`, CA key discarded).
+/// A TLS port taken meanwhile makes the start fail: it is retried with another.
 fn tls_server() -> (RedisServer, u16) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tls");
     let file = |name: &str| dir.join(name).display().to_string();
-    let tls_port = redis_server::free_port();
-    let server = RedisServer::start_with(&[
-        "--tls-port".into(),
-        tls_port.to_string(),
-        "--tls-cert-file".into(),
-        file("server.pem"),
-        "--tls-key-file".into(),
-        file("server.key"),
-        "--tls-ca-cert-file".into(),
-        file("ca.pem"),
-        "--tls-auth-clients".into(),
-        "no".into(),
-    ]);
-    (server, tls_port)
+    for _ in 0..5 {
+        let tls_port = redis_server::free_port();
+        let server = RedisServer::try_start_with(&[
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            file("server.pem"),
+            "--tls-key-file".into(),
+            file("server.key"),
+            "--tls-ca-cert-file".into(),
+            file("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]);
+        if let Some(server) = server {
+            return (server, tls_port);
+        }
+    }
+    panic!("could not start a TLS redis-server on free ports");
 }
 
 fn tls_url(port: u16) -> String {

@@ -1,15 +1,17 @@
-//! A private `redis-server` for one test: its own free port on 127.0.0.1 (never 6379), no
-//! persistence, a temporary directory, killed when dropped. It can be stopped and started
-//! again on the same port to test outages.
+//! A private `redis-server` for one test: its own free port on 127.0.0.1 (never 6379) or a
+//! unix socket, no persistence, a temporary directory, killed when dropped. It can be
+//! stopped and started again on the same address to test outages.
 //!
-//! A missing `redis-server` binary fails the test (install it with
-//! `apt-get install redis-server`); it is never skipped silently.
+//! - A server counts as started only once it answers `CONFIG GET dir` with its own temporary
+//!   directory: a port taken meanwhile by another process (another test's redis included)
+//!   is never mistaken for ours; the start is retried on a new port.
+//! - A missing `redis-server` binary fails the test (install it with
+//!   `apt-get install redis-server`); it is never skipped silently.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -18,49 +20,99 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 const STARTUP: Duration = Duration::from_secs(10);
+/// How many ports a start tries before giving up.
+const ATTEMPTS: usize = 10;
+
+/// Where a server listens.
+#[derive(Clone, Debug, PartialEq)]
+enum Listen {
+    Port(u16),
+    Socket(PathBuf),
+}
 
 /// A running (or stopped) private redis-server.
 pub struct RedisServer {
     child: Option<Child>,
-    port: u16,
+    listen: Listen,
     dir: TempDir,
     extra: Vec<String>,
 }
 
 impl RedisServer {
-    /// Starts a server on a free loopback port and waits until it answers `PING`.
+    /// Starts a server on a free loopback port and waits until it answers as itself.
     pub fn start() -> Self {
         Self::start_with(&[])
     }
 
-    /// [`start`](Self::start) with extra `redis-server` arguments (e.g. TLS settings).
+    /// [`start`](Self::start) with extra `redis-server` arguments (e.g. `--appendonly yes`).
     pub fn start_with(extra: &[String]) -> Self {
+        Self::try_start_with(extra)
+            .expect("could not start redis-server on a free port (see its log above)")
+    }
+
+    /// [`start_with`](Self::start_with), or `None` after [`ATTEMPTS`] ports failed (e.g.
+    /// an extra port given in `extra` is taken: the caller picks another and retries).
+    pub fn try_start_with(extra: &[String]) -> Option<Self> {
+        (0..ATTEMPTS).find_map(|_| Self::try_start_on(free_port(), extra))
+    }
+
+    /// One attempt on `port`: `None` if the server exits (the port is taken) or another
+    /// server answers there.
+    pub fn try_start_on(port: u16, extra: &[String]) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temporary directory for redis-server");
-        for _ in 0..10 {
-            let port = free_port();
-            if let Some(child) = run(port, dir.path(), extra) {
-                return RedisServer {
-                    child: Some(child),
-                    port,
-                    dir,
-                    extra: extra.to_vec(),
-                };
-            }
+        let listen = Listen::Port(port);
+        let child = run(&listen, dir.path(), extra)?;
+        Some(RedisServer {
+            child: Some(child),
+            listen,
+            dir,
+            extra: extra.to_vec(),
+        })
+    }
+
+    /// A server listening only on a unix socket in its temporary directory (no TCP port).
+    pub fn start_unix(extra: &[String]) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory for redis-server");
+        let listen = Listen::Socket(dir.path().join("redis.sock"));
+        let child = run(&listen, dir.path(), extra).expect("redis-server on a unix socket");
+        RedisServer {
+            child: Some(child),
+            listen,
+            dir,
+            extra: extra.to_vec(),
         }
-        panic!("could not start redis-server on a free port (see its log above)");
     }
 
     /// The loopback port it listens on.
+    ///
+    /// # Panics
+    /// For a server on a unix socket.
     pub fn port(&self) -> u16 {
-        self.port
+        match &self.listen {
+            Listen::Port(port) => *port,
+            Listen::Socket(path) => panic!("the server listens on {}", path.display()),
+        }
     }
 
-    /// `redis://127.0.0.1:<port>/0`.
+    /// The unix socket it listens on, if it does.
+    pub fn socket(&self) -> Option<&Path> {
+        match &self.listen {
+            Listen::Socket(path) => Some(path),
+            Listen::Port(_) => None,
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/0`, or `unix://<socket>` for a server on a socket.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        url(&self.listen)
     }
 
-    /// Kills the server (all data is lost: there is no persistence).
+    /// A plain synchronous connection, for looking at (and planting) keys behind a provider.
+    pub fn admin(&self) -> redis::Connection {
+        connect(&self.listen).expect("a connection to the test's redis-server")
+    }
+
+    /// Kills the server (all data is lost unless `extra` turned persistence on).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -68,21 +120,21 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port.
+    /// Starts the server again on the same address (and with the same directory). Panics if
+    /// the address stays taken, by another process or by a server that is not this one.
     pub fn restart(&mut self) {
         self.stop();
         let deadline = Instant::now() + STARTUP;
         while self.child.is_none() {
-            self.child = run(self.port, self.dir.path(), &self.extra);
-            if self.child.is_some() {
-                break;
-            }
+            self.child = run(&self.listen, self.dir.path(), &self.extra);
             assert!(
-                Instant::now() < deadline,
-                "redis-server did not come back on port {}",
-                self.port
+                self.child.is_some() || Instant::now() < deadline,
+                "redis-server did not come back on {:?}",
+                self.listen
             );
-            std::thread::sleep(Duration::from_millis(100));
+            if self.child.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 }
@@ -97,27 +149,35 @@ impl Drop for RedisServer {
 /// (each under its own [`unique_prefix`]); tests that stop or pause their server start their
 /// own. The server is started under `sh`, which holds the read end of a pipe whose write end
 /// only this process holds: when the process ends, however it ends, `sh` reads end-of-file
-/// and kills the server.
+/// and kills the server; when the server exits by itself (a taken port), so does `sh`.
 pub fn shared_url() -> String {
-    static SHARED: OnceLock<(u16, Mutex<ChildStdin>, TempDir)> = OnceLock::new();
-    let (port, _, _) = SHARED.get_or_init(|| {
+    static SHARED: OnceLock<(Listen, Mutex<ChildStdin>, TempDir)> = OnceLock::new();
+    let (listen, _, _) = SHARED.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temporary directory for redis-server");
-        for _ in 0..10 {
-            let port = free_port();
+        for _ in 0..ATTEMPTS {
+            let listen = Listen::Port(free_port());
             let mut command = Command::new("sh");
             command
-                .args(["-c", r#"redis-server "$@" & read _; kill $!"#, "sh"])
-                .args(server_args(port, dir.path(), &[]))
+                .args(["-c", WATCHDOG, "sh"])
+                .args(server_args(&listen, dir.path(), &[]))
                 .stdin(Stdio::piped());
-            if let Some(mut child) = spawn(port, dir.path(), command) {
+            if let Some(mut child) = spawn(&listen, dir.path(), command) {
                 let stdin = child.stdin.take().expect("the watchdog's pipe");
-                return (port, Mutex::new(stdin), dir);
+                return (listen, Mutex::new(stdin), dir);
             }
         }
         panic!("could not start the shared redis-server on a free port");
     });
-    format!("redis://127.0.0.1:{port}/0")
+    url(listen)
 }
+
+/// Runs `redis-server "$@"` until stdin reaches end-of-file (then kills it) or it exits.
+/// (An asynchronous list reads /dev/null unless redirected, hence fd 3.)
+const WATCHDOG: &str = r#"exec 3<&0
+redis-server "$@" </dev/null & server=$!
+{ read _ <&3; kill $server; } & reader=$!
+wait $server
+kill $reader 2>/dev/null"#;
 
 /// A prefix no other test uses.
 pub fn unique_prefix(name: &str) -> String {
@@ -129,7 +189,8 @@ pub fn unique_prefix(name: &str) -> String {
     )
 }
 
-/// A free loopback port other than 6379.
+/// A loopback port other than 6379 that was free a moment ago. Another process may take it
+/// before redis binds it: starts retry, and check whom they reach (see the module docs).
 pub fn free_port() -> u16 {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
@@ -142,26 +203,64 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
+fn url(listen: &Listen) -> String {
+    match listen {
+        Listen::Port(port) => format!("redis://127.0.0.1:{port}/0"),
+        Listen::Socket(path) => format!("unix://{}", path.display()),
     }
-    let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
-/// The arguments of a private redis-server on `port`, logging into `dir`.
-fn server_args(port: u16, dir: &Path, extra: &[String]) -> Vec<String> {
-    assert_ne!(port, 6379, "never touch the shared redis on 6379");
-    let mut args: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
-        .into_iter()
-        .chain(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .map(String::from)
-        .collect();
+fn connect(listen: &Listen) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(url(listen))?;
+    let connection = client.get_connection_with_timeout(Duration::from_millis(500))?;
+    connection.set_read_timeout(Some(Duration::from_millis(500)))?;
+    Ok(connection)
+}
+
+/// Whether the server at `listen` is the one whose directory is `dir`: a fresh server of ours
+/// answers `CONFIG GET dir` with it; anything else (nothing listening, another test's server,
+/// a server asking for a password, not redis at all) is not ours.
+fn is_ours(listen: &Listen, dir: &Path) -> bool {
+    let Ok(mut connection) = connect(listen) else {
+        return false;
+    };
+    let Ok((_, reported)) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("dir")
+        .query::<(String, String)>(&mut connection)
+    else {
+        return false;
+    };
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    canonical(Path::new(&reported)) == canonical(dir)
+}
+
+/// The arguments of a private redis-server on `listen`, in and logging into `dir`.
+fn server_args(listen: &Listen, dir: &Path, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = match listen {
+        Listen::Port(port) => {
+            assert_ne!(*port, 6379, "never touch the shared redis on 6379");
+            vec![
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+            ]
+        }
+        Listen::Socket(path) => vec![
+            "--port".into(),
+            "0".into(),
+            "--unixsocket".into(),
+            path.display().to_string(),
+            "--unixsocketperm".into(),
+            "700".into(),
+        ],
+    };
+    args.extend(
+        ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+            .into_iter()
+            .map(String::from),
+    );
     args.extend(["--dir".into(), dir.display().to_string()]);
     args.extend([
         "--logfile".into(),
@@ -171,18 +270,18 @@ fn server_args(port: u16, dir: &Path, extra: &[String]) -> Vec<String> {
     args
 }
 
-/// Runs redis-server on `port`; `None` if it exits or does not answer in time.
-fn run(port: u16, dir: &Path, extra: &[String]) -> Option<Child> {
+/// Runs redis-server on `listen`; `None` if it exits or does not answer in time.
+fn run(listen: &Listen, dir: &Path, extra: &[String]) -> Option<Child> {
     let mut command = Command::new("redis-server");
     command
-        .args(server_args(port, dir, extra))
+        .args(server_args(listen, dir, extra))
         .stdin(Stdio::null());
-    spawn(port, dir, command)
+    spawn(listen, dir, command)
 }
 
-/// Spawns `command` (a redis-server on `port`, logging into `dir`) and waits until it answers
-/// `PING`; `None` if it exits or does not answer in time.
-fn spawn(port: u16, dir: &Path, mut command: Command) -> Option<Child> {
+/// Spawns `command` (a redis-server on `listen`, in `dir`) and waits until it answers as
+/// itself; `None` if it exits or does not answer in time.
+fn spawn(listen: &Listen, dir: &Path, mut command: Command) -> Option<Child> {
     let log = dir.join("redis.log");
     let spawned = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
     let mut child = match spawned {
@@ -198,10 +297,10 @@ fn spawn(port: u16, dir: &Path, mut command: Command) -> Option<Child> {
         if let Ok(Some(_)) = child.try_wait() {
             // Exited: most likely the port was taken meanwhile.
             let log = std::fs::read_to_string(&log).unwrap_or_default();
-            eprintln!("redis-server on port {port} exited:\n{log}");
+            eprintln!("redis-server on {listen:?} exited:\n{log}");
             return None;
         }
-        if ping(port) {
+        if is_ours(listen, dir) {
             return Some(child);
         }
         if Instant::now() > deadline {
