@@ -4,7 +4,8 @@
 //! - Each [`Browser`] is its own `chromedriver` on a port it picks itself (`--port=0`, read back
 //!   from its first lines), with one Chromium on a fresh profile: an empty cookie jar, no cache.
 //! - `chromedriver` and every Chromium process it starts share a process group of their own,
-//!   killed whole when the [`Browser`] is dropped, also when a test fails half-way.
+//!   killed whole when the [`Browser`] is dropped, also when a test fails half-way; their
+//!   profile and temporary files (`TMPDIR`) live in one temporary directory, removed after.
 //! - Chromium is started with nothing that reaches for the network on its own (no updates,
 //!   sync, password leak checks or first-run pages): the machine has loopback only.
 //! - Every wait is bounded: WebDriver's page-load and script timeouts, and [`PATIENCE`] for
@@ -15,7 +16,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -41,19 +42,19 @@ pub fn screenshot_dir() -> PathBuf {
 }
 
 /// One `chromedriver` with one headless Chromium session (fields drop in this order: the
-/// processes are gone before their profile directory is removed).
+/// processes are gone before their directory, the profile and temporary files, is removed).
 pub struct Browser {
     pub client: Client,
     _driver: Driver,
-    _profile: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Browser {
     /// Starts `chromedriver` and a Chromium on a fresh profile.
     pub async fn start() -> Browser {
-        let profile = tempfile::tempdir().unwrap();
-        let driver = Driver::start();
-        let client = connect(driver.port, &profile).await;
+        let dir = tempfile::tempdir().unwrap();
+        let driver = Driver::start(dir.path());
+        let client = connect(driver.port, &dir.path().join("profile")).await;
         client
             .update_timeouts(TimeoutConfiguration::new(
                 Some(PATIENCE),
@@ -65,7 +66,7 @@ impl Browser {
         Browser {
             client,
             _driver: driver,
-            _profile: profile,
+            _dir: dir,
         }
     }
 
@@ -208,10 +209,15 @@ struct Driver {
 }
 
 impl Driver {
-    /// Starts `chromedriver` on a port it picks, and waits (bounded) until it listens.
-    fn start() -> Driver {
+    /// Starts `chromedriver` on a port it picks, and waits (bounded) until it listens. It and
+    /// its Chromium keep their temporary files under `dir`, which a killed Chromium cannot
+    /// clean.
+    fn start(dir: &Path) -> Driver {
+        let tmp = dir.join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
         let mut child = Command::new("chromedriver")
             .args(["--port=0", "--allowed-ips=127.0.0.1"])
+            .env("TMPDIR", &tmp)
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -259,7 +265,7 @@ impl Drop for Driver {
 }
 
 /// A WebDriver session with a headless Chromium on `profile`, through the driver on `port`.
-async fn connect(port: u16, profile: &tempfile::TempDir) -> Client {
+async fn connect(port: u16, profile: &Path) -> Client {
     let args = [
         "--headless",
         "--no-sandbox",
@@ -277,7 +283,7 @@ async fn connect(port: u16, profile: &tempfile::TempDir) -> Client {
         "--password-store=basic",
         "--hide-scrollbars",
         &format!("--window-size={},{}", WINDOW.0, WINDOW.1),
-        &format!("--user-data-dir={}", profile.path().display()),
+        &format!("--user-data-dir={}", profile.display()),
     ];
     let capabilities = json!({
         "browserName": "chrome",
