@@ -135,12 +135,24 @@ async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
     Ok(())
 }
 
+/// Logs out a logged-in visitor. Anyone else (such as a form posted from another site, which
+/// `SameSite=Lax` sends without the session cookie) changes nothing and gets no cookie, which
+/// would replace the visitor's.
 #[handler]
 async fn logout(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
-    depot.session()?.destroy().await?;
-    depot.flash_mut()?.info("You have been logged out.");
+    if !user(depot).await?.is_empty() {
+        depot.session()?.destroy().await?;
+        depot.flash_mut()?.info("You have been logged out.");
+    }
     res.render(Redirect::other("/"));
     Ok(())
+}
+
+/// Pages drawn from the session are the visitor's own: no cache keeps them, so Back after a
+/// logout asks the server again rather than showing the private page.
+#[handler]
+async fn no_store(res: &mut Response) {
+    res.add_header("cache-control", "no-store", true).ok();
 }
 
 #[handler]
@@ -157,6 +169,7 @@ pub fn app(options: Options) -> Result<Router, sessioner::Error> {
         .push(
             Router::new()
                 .hoop(options.build()?)
+                .hoop(no_store)
                 .get(home)
                 .push(Router::with_path("now").get(now))
                 .push(Router::with_path("login").get(login_form).post(login))
