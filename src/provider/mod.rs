@@ -21,12 +21,17 @@ pub mod file;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 #[cfg(feature = "sled")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sled")))]
 pub mod sled;
+#[cfg(feature = "postgres")]
+mod sql;
 
 /// What [`Provider::regenerate`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +153,16 @@ static REGISTRY: Lazy<RwLock<HashMap<String, Factory>>> = Lazy::new(|| {
     map.insert("ledis".into(), Arc::new(sled::SledProvider::factory));
     #[cfg(feature = "redis")]
     map.insert("redis".into(), Arc::new(redis::RedisProvider::factory));
+    #[cfg(feature = "postgres")]
+    map.insert(
+        "postgres".into(),
+        Arc::new(postgres::PostgresProvider::factory),
+    );
+    #[cfg(feature = "postgres")]
+    map.insert(
+        "postgresql".into(),
+        Arc::new(postgres::PostgresProvider::factory),
+    );
     RwLock::new(map)
 });
 

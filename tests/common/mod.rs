@@ -403,6 +403,10 @@ pub fn counting(options: Options) -> (Options, Arc<Calls>) {
 #[path = "../support/redis_server.rs"]
 pub mod redis_server;
 
+#[cfg(feature = "postgres")]
+#[path = "../support/postgres_server.rs"]
+pub mod postgres_server;
+
 /// A backend for one test: its options, and whatever must live as long as it (a temporary
 /// directory, nothing for redis: the binary shares one server).
 pub struct Backend {
@@ -437,6 +441,12 @@ pub fn backend(name: &str) -> Backend {
             let config = format!("{}?prefix={prefix}", redis_server::shared_url());
             ("redis", config, Box::new(()))
         }
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let table = postgres_server::unique_table("http");
+            let config = format!("{}?table={table}", postgres_server::shared().url());
+            ("postgres", config, Box::new(()))
+        }
         other => panic!("no built-in backend {other:?} in this build"),
     };
     Backend {
@@ -466,8 +476,37 @@ pub fn dump(options: &Options) -> Option<Vec<(String, Vec<u8>)>> {
         "sled" => Some(dump_sled(Path::new(config))),
         #[cfg(feature = "redis")]
         "redis" => Some(dump_redis(config.split('?').next().unwrap())),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Some(dump_postgres(config)),
         other => panic!("no dump for provider {other:?}"),
     }
+}
+
+/// Every row of the provider's table (in the test binary's database): each key and each
+/// record's bytes.
+#[cfg(feature = "postgres")]
+fn dump_postgres(config: &str) -> Vec<(String, Vec<u8>)> {
+    let table = config
+        .split("table=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let rows = postgres_server::shared().psql(&format!(
+        "SELECT session_key || '|' || encode(session_data, 'hex') FROM \"{table}\""
+    ));
+    let mut out = Vec::new();
+    for row in rows.lines() {
+        let (key, hex) = row.split_once('|').unwrap();
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        out.push((format!("postgres {table} key"), key.as_bytes().to_vec()));
+        out.push((format!("postgres {table} data of {key}"), bytes));
+    }
+    out
 }
 
 /// Every file below `root`: its relative path, and its contents.
@@ -572,6 +611,8 @@ macro_rules! per_backend {
         $crate::common::per_backend!(@module sled; $($flow),*);
         #[cfg(feature = "redis")]
         $crate::common::per_backend!(@module redis; $($flow),*);
+        #[cfg(feature = "postgres")]
+        $crate::common::per_backend!(@module postgres; $($flow),*);
     };
     (@module $backend:ident; $($flow:ident),*) => {
         mod $backend {

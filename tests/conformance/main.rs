@@ -67,6 +67,23 @@ sessioner::testing::conformance!(
     expiry = ByBackend
 );
 
+#[cfg(feature = "postgres")]
+#[path = "../support/postgres_server.rs"]
+mod postgres_server;
+
+#[cfg(feature = "postgres")]
+sessioner::testing::conformance!(postgres, {
+    let config = format!(
+        "{}?table={}",
+        postgres_server::shared().url(),
+        postgres_server::unique_table("conformance")
+    );
+    let p: Arc<dyn Provider> = Arc::new(
+        sessioner::provider::postgres::PostgresProvider::new(&config, Clock::system()).unwrap(),
+    );
+    (p, ())
+});
+
 // The fast paths are optional; these backends promise them, so the clause is not vacuous.
 
 #[test]
