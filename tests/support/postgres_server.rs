@@ -13,7 +13,12 @@
 //!   test with the fix in its message; it is never skipped.
 
 // The watchdogs are never waited for: they outlive every test, by design.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::zombie_processes
+)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
