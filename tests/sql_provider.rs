@@ -4,7 +4,10 @@
 //! stalled server (R5), through a TCP proxy the test stops and starts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-#![cfg_attr(not(feature = "postgres"), allow(dead_code, unused_imports))]
+#![cfg_attr(
+    not(any(feature = "postgres", feature = "mysql")),
+    allow(dead_code, unused_imports)
+)]
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -332,5 +335,114 @@ mod postgres {
         proxy.resume(false).await;
         let record = eventually("load", || p.load(&a)).await.unwrap();
         assert_eq!(record.values["k"], "1");
+    }
+}
+
+#[cfg(feature = "mysql")]
+#[path = "support/mysql_server.rs"]
+mod mysql_server;
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+    use crate::mysql_server::{shared, unique_table};
+    use sessioner::provider::ProviderContext;
+    use sessioner::provider::mysql::MysqlProvider;
+
+    fn provider(config: &str) -> MysqlProvider {
+        MysqlProvider::new(config, Clock::system()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn go_dsns_urls_and_the_registry_name_reach_the_server() {
+        let target = shared();
+        let table = unique_table("forms");
+        let dsn = format!(
+            "{}?charset=utf8&parseTime=true&loc=Local&table={table}",
+            target.dsn()
+        );
+        let url = format!("{}?table={table}", target.url());
+        let a = id();
+        assert!(
+            provider(&dsn)
+                .create(&a, &live(&[("k", "1")]))
+                .await
+                .unwrap()
+        );
+        for config in [&dsn, &url] {
+            let ctx =
+                ProviderContext::new(config.clone(), Clock::system(), Duration::from_secs(60));
+            let p = sessioner::provider::build("mysql", &ctx).unwrap();
+            assert_eq!(
+                p.load(&a).await.unwrap().unwrap().values["k"],
+                "1",
+                "{config}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn p1_mysql_values_and_keys_full_of_quotes_round_trip() {
+        let table = unique_table("p1");
+        let p = provider(&format!("{}?table={table}", shared().url()));
+        hostile_round_trip(&p).await;
+        for bad in ["s;DROP TABLE session", "s`", "a.b.c", "1s", "s--"] {
+            let config = format!("{}?table={}", shared().dsn(), bad.replace(';', "%3B"));
+            let err = MysqlProvider::new(&config, Clock::system()).unwrap_err();
+            assert!(matches!(err, Error::ProviderConfig { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains("table"), "{err}");
+        }
+        let tables = shared().sql(&format!("SHOW TABLES LIKE '{table}'"));
+        assert_eq!(tables, table);
+    }
+
+    #[tokio::test]
+    async fn a_new_provider_on_the_same_database_sees_the_sessions() {
+        let config = format!("{}?table={}", shared().url(), unique_table("restart"));
+        let a = id();
+        {
+            let first = provider(&config);
+            assert!(first.create(&a, &live(&[("user", "ann")])).await.unwrap());
+            assert!(first.save(&a, &set("role", "admin")).await.unwrap());
+        }
+        let second = provider(&config);
+        let values = second.load(&a).await.unwrap().unwrap().values;
+        assert_eq!(
+            (values["user"].as_str(), values["role"].as_str()),
+            ("ann", "admin")
+        );
+        assert_eq!(second.count().await.unwrap(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r1_mysql_down_is_unavailable_then_recovers() {
+        let target = shared();
+        let mut proxy = Proxy::start(format!("{}:{}", target.host, target.port)).await;
+        let p = provider(&format!(
+            "{}:{}@tcp(127.0.0.1:{})/{}?table={}&timeout_ms=1000",
+            target.user,
+            target.password,
+            proxy.port,
+            target.dbname,
+            unique_table("outage")
+        ));
+        let a = id();
+        assert!(p.create(&a, &live(&[("k", "1")])).await.unwrap());
+        proxy.stop().await;
+        let started = Instant::now();
+        assert!(is_unavailable(&p.load(&a).await));
+        assert!(is_unavailable(&p.save(&a, &set("k", "2")).await));
+        assert!(is_unavailable(&p.create(&id(), &live(&[])).await));
+        assert!(is_unavailable(&p.count().await));
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+        proxy.resume(false).await;
+        let record = eventually("load", || p.load(&a)).await.unwrap();
+        assert_eq!(record.values["k"], "1");
+        assert!(p.save(&a, &set("k", "2")).await.unwrap());
+        assert_eq!(p.load(&a).await.unwrap().unwrap().values["k"], "2");
     }
 }

@@ -21,6 +21,9 @@ pub mod file;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
@@ -30,7 +33,7 @@ pub mod redis;
 #[cfg(feature = "sled")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sled")))]
 pub mod sled;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod sql;
 
 /// What [`Provider::regenerate`] did.
@@ -163,6 +166,8 @@ static REGISTRY: Lazy<RwLock<HashMap<String, Factory>>> = Lazy::new(|| {
         "postgresql".into(),
         Arc::new(postgres::PostgresProvider::factory),
     );
+    #[cfg(feature = "mysql")]
+    map.insert("mysql".into(), Arc::new(mysql::MysqlProvider::factory));
     RwLock::new(map)
 });
 
