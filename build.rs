@@ -9,7 +9,9 @@
 //!   worked on locally; an application depending on sessioner from a registry or git never
 //!   sees it.
 
-const BACKENDS: [&str; 5] = ["memory", "file", "sled", "redis", "memcache"];
+const BACKENDS: [&str; 7] = [
+    "memory", "file", "sled", "redis", "memcache", "postgres", "mysql",
+];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

@@ -211,7 +211,7 @@ async fn r2_r1_redis_stopped_during_a_request_fails_it_before_the_body_then_reco
     let mut server = RedisServer::start_with(&persistent);
     let prefix = unique_prefix("r2");
     let (loaded, proceed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let slow = Slow {
+    let slow = Slow::Signal {
         loaded: loaded.clone(),
         proceed: proceed.clone(),
     };

@@ -24,12 +24,20 @@ pub mod memcache;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 #[cfg(feature = "sled")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sled")))]
 pub mod sled;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod sql;
 
 /// What [`Provider::regenerate`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +164,18 @@ static REGISTRY: Lazy<RwLock<HashMap<String, Factory>>> = Lazy::new(|| {
         "memcache".into(),
         Arc::new(memcache::MemcacheProvider::factory),
     );
+    #[cfg(feature = "postgres")]
+    map.insert(
+        "postgres".into(),
+        Arc::new(postgres::PostgresProvider::factory),
+    );
+    #[cfg(feature = "postgres")]
+    map.insert(
+        "postgresql".into(),
+        Arc::new(postgres::PostgresProvider::factory),
+    );
+    #[cfg(feature = "mysql")]
+    map.insert("mysql".into(), Arc::new(mysql::MysqlProvider::factory));
     RwLock::new(map)
 });
 

@@ -485,6 +485,14 @@ fn tracked_memcache() -> String {
     name
 }
 
+#[cfg(feature = "postgres")]
+#[path = "../support/postgres_server.rs"]
+pub mod postgres_server;
+
+#[cfg(feature = "mysql")]
+#[path = "../support/mysql_server.rs"]
+pub mod mysql_server;
+
 /// A backend for one test: its options, and whatever must live as long as it (a temporary
 /// directory, nothing for redis: the binary shares one server).
 pub struct Backend {
@@ -537,6 +545,18 @@ pub fn backend(name: &str) -> Backend {
             let config = format!("{}?prefix={prefix}", redis_server::shared_url());
             ("redis", config, Box::new(()))
         }
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let table = postgres_server::unique_table("http");
+            let config = format!("{}?table={table}", postgres_server::shared().url());
+            ("postgres", config, Box::new(()))
+        }
+        #[cfg(feature = "mysql")]
+        "mysql" => {
+            let table = mysql_server::unique_table("http");
+            let config = format!("{}?table={table}", mysql_server::shared().url());
+            ("mysql", config, Box::new(()))
+        }
         other => panic!("no built-in backend {other:?} in this build"),
     };
     Backend {
@@ -570,8 +590,61 @@ pub fn dump(options: &Options) -> Option<Vec<(String, Vec<u8>)>> {
         "redis" => Some(dump_redis(config.split('?').next().unwrap())),
         #[cfg(feature = "memcache")]
         tracked if tracked.starts_with("memcache-tracked-") => Some(dump_memcache(tracked, config)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Some(dump_postgres(config)),
+        #[cfg(feature = "mysql")]
+        "mysql" => Some(dump_mysql(config)),
         other => panic!("no dump for provider {other:?}"),
     }
+}
+
+/// Every row of the provider's table (in the test binary's database): each key and each
+/// record's bytes.
+#[cfg(feature = "postgres")]
+fn dump_postgres(config: &str) -> Vec<(String, Vec<u8>)> {
+    let table = config
+        .split("table=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let rows = postgres_server::shared().psql(&format!(
+        "SELECT session_key || '|' || encode(session_data, 'hex') FROM \"{table}\""
+    ));
+    hex_rows(table, &rows)
+}
+
+/// As [`dump_postgres`], for the mysql provider.
+#[cfg(feature = "mysql")]
+fn dump_mysql(config: &str) -> Vec<(String, Vec<u8>)> {
+    let table = config
+        .split("table=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let rows = mysql_server::shared().sql(&format!(
+        "SELECT CONCAT(session_key, '|', LOWER(HEX(session_data))) FROM `{table}`"
+    ));
+    hex_rows(table, &rows)
+}
+
+/// `key|hex` lines as (where, bytes) pairs.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn hex_rows(table: &str, rows: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for row in rows.lines() {
+        let (key, hex) = row.split_once('|').unwrap();
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        out.push((format!("table {table} key"), key.as_bytes().to_vec()));
+        out.push((format!("table {table} data of {key}"), bytes));
+    }
+    out
 }
 
 /// Every file below `root`: its relative path, and its contents.
@@ -697,16 +770,10 @@ macro_rules! per_backend {
         $crate::common::per_backend!(@module redis; $($flow),*);
         #[cfg(feature = "memcache")]
         $crate::common::per_backend!(@module memcache; $($flow),*);
-    };
-    (@module memcache; $($flow:ident),*) => {
-        mod memcache {
-            $( $crate::common::per_backend!(@memcache $flow); )*
-        }
-    };
-    // Expects gc to count what it removes unless the provider is named `redis`; memcached
-    // expires by itself (its gc is 0, as the conformance suite checks).
-    (@memcache $flow:ident) => {
-        $crate::common::per_backend!(@test memcache $flow);
+        #[cfg(feature = "postgres")]
+        $crate::common::per_backend!(@module postgres; $($flow),*);
+        #[cfg(feature = "mysql")]
+        $crate::common::per_backend!(@module mysql; $($flow),*);
     };
     (@module $backend:ident; $($flow:ident),*) => {
         mod $backend {

@@ -89,6 +89,39 @@ sessioner::testing::conformance!(
     count = Unsupported
 );
 
+#[cfg(feature = "postgres")]
+#[path = "../support/postgres_server.rs"]
+mod postgres_server;
+
+#[cfg(feature = "postgres")]
+sessioner::testing::conformance!(postgres, {
+    let config = format!(
+        "{}?table={}",
+        postgres_server::shared().url(),
+        postgres_server::unique_table("conformance")
+    );
+    let p: Arc<dyn Provider> = Arc::new(
+        sessioner::provider::postgres::PostgresProvider::new(&config, Clock::system()).unwrap(),
+    );
+    (p, ())
+});
+
+#[cfg(feature = "mysql")]
+#[path = "../support/mysql_server.rs"]
+mod mysql_server;
+
+#[cfg(feature = "mysql")]
+sessioner::testing::conformance!(mysql, {
+    let config = format!(
+        "{}?table={}",
+        mysql_server::shared().url(),
+        mysql_server::unique_table("conformance")
+    );
+    let p: Arc<dyn Provider> =
+        Arc::new(sessioner::provider::mysql::MysqlProvider::new(&config, Clock::system()).unwrap());
+    (p, ())
+});
+
 // The fast paths are optional; these backends promise them, so the clause is not vacuous.
 
 #[test]
