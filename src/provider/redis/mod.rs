@@ -8,8 +8,10 @@
 //! ```
 //!
 //! (`network=unix` with `addr=/run/redis.sock` for a socket; `username` for an ACL user;
-//! macaron's `pool_size` and `idle_timeout` are accepted and ignored), or a URL (use it for
-//! passwords that contain a comma):
+//! macaron's `pool_size` and `idle_timeout` are accepted and ignored), or the positional form
+//! macaron's and beego's docs print, `127.0.0.1:6379,100,macaron` (address, pool size
+//! (ignored), password, then beego's db and idle timeout (ignored)), optionally followed by
+//! settings, or a bare `127.0.0.1:6379`, or a URL (use it for passwords that contain a comma):
 //!
 //! ```text
 //! redis://:secret@127.0.0.1:6379/0?prefix=myapp:session:&timeout_ms=3000
