@@ -381,6 +381,25 @@ mod mysql {
         }
     }
 
+    /// The docs' `user:pw@unix(/run/mysqld/mysqld.sock)/db` form, on the socket of the very
+    /// server the tests use (asked for with `SELECT @@socket`).
+    #[tokio::test]
+    async fn a_go_dsn_over_the_unix_socket_reaches_the_server() {
+        let target = shared();
+        let socket = target.sql("SELECT @@socket");
+        assert!(socket.starts_with('/'), "the server's socket: {socket:?}");
+        let table = unique_table("socket");
+        let dsn = format!(
+            "{}:{}@unix({socket})/{}?table={table}",
+            target.user, target.password, target.dbname
+        );
+        let over_socket = provider(&dsn);
+        let over_tcp = provider(&format!("{}?table={table}", target.dsn()));
+        let a = id();
+        assert!(over_socket.create(&a, &live(&[("k", "1")])).await.unwrap());
+        assert_eq!(over_tcp.load(&a).await.unwrap().unwrap().values["k"], "1");
+    }
+
     #[tokio::test]
     async fn p1_mysql_values_and_keys_full_of_quotes_round_trip() {
         let table = unique_table("p1");
