@@ -134,12 +134,6 @@ pub struct MysqlProvider {
     store: SqlStore<My>,
 }
 
-impl fmt::Debug for MysqlProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.store.fmt(f)
-    }
-}
-
 impl MysqlProvider {
     /// A provider for `config` (see the [module docs](self) for the forms). Does not
     /// connect: the pool connects, and creates the table, on first use.
@@ -157,19 +151,6 @@ impl MysqlProvider {
         Ok(MysqlProvider {
             store: SqlStore::new(connect, options, clock, summary),
         })
-    }
-
-    /// The registry factory.
-    pub fn factory(ctx: &ProviderContext) -> Result<Arc<dyn Provider>> {
-        Ok(Arc::new(MysqlProvider::new(
-            &ctx.config,
-            ctx.clock.clone(),
-        )?))
-    }
-
-    /// The table it stores sessions in, as configured (`[schema.]name`).
-    pub fn table(&self) -> String {
-        self.store.table().to_string()
     }
 
     /// The statement that creates its table and index, for teams that manage schemas.

@@ -119,12 +119,6 @@ pub struct PostgresProvider {
     store: SqlStore<Pg>,
 }
 
-impl fmt::Debug for PostgresProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.store.fmt(f)
-    }
-}
-
 impl PostgresProvider {
     /// A provider for `config` (see the [module docs](self) for the forms). Does not
     /// connect: the pool connects, and creates the table, on first use.
@@ -144,19 +138,6 @@ impl PostgresProvider {
         Ok(PostgresProvider {
             store: SqlStore::new(connect, options, clock, summary),
         })
-    }
-
-    /// The registry factory.
-    pub fn factory(ctx: &ProviderContext) -> Result<Arc<dyn Provider>> {
-        Ok(Arc::new(PostgresProvider::new(
-            &ctx.config,
-            ctx.clock.clone(),
-        )?))
-    }
-
-    /// The table it stores sessions in, as configured (`[schema.]name`).
-    pub fn table(&self) -> String {
-        self.store.table().to_string()
     }
 
     /// The statements that create its table and index, for teams that manage schemas.

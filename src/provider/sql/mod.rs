@@ -196,10 +196,28 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     fn is_transient(error: &dyn DatabaseError) -> bool;
 }
 
-/// Implements [`Provider`](crate::Provider) for a struct whose field `store` is a
-/// [`SqlStore`].
+/// Implements [`Provider`](crate::Provider), `Debug`, `factory` and `table` for a struct
+/// whose field `store` is a [`SqlStore`] and which has `new(config, clock)`.
 macro_rules! sql_provider {
-    ($provider:ty) => {
+    ($provider:ident) => {
+        impl fmt::Debug for $provider {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.store.fmt(f)
+            }
+        }
+
+        impl $provider {
+            /// The registry factory.
+            pub fn factory(ctx: &ProviderContext) -> Result<Arc<dyn Provider>> {
+                Ok(Arc::new($provider::new(&ctx.config, ctx.clock.clone())?))
+            }
+
+            /// The table it stores sessions in, as configured (`[schema.]name`).
+            pub fn table(&self) -> String {
+                self.store.table().to_string()
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::provider::Provider for $provider {
             async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
