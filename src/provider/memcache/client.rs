@@ -6,8 +6,11 @@
 //!   A connection that saw an error, an error reply, or whose future was dropped (a timeout)
 //!   is closed, so no reply is ever read by the wrong request.
 //! - A pooled connection that fails at once (the server restarted, or closed an idle
-//!   connection) empties that server's pool and the request is sent once more on a fresh
-//!   connection; every command sessioner sends gives the same outcome when repeated.
+//!   connection) empties that server's pool; a `gets` or `delete` is then sent once more on
+//!   a fresh connection (repeating them changes nothing). A storage command (`add`, `set`,
+//!   `cas`) is never sent twice: the server may have run it before the reply was lost, and a
+//!   repeat would answer `NOT_STORED`/`EXISTS` for a write that happened. It fails instead
+//!   (a `503`), and the next request finds a fresh connection.
 //! - A key goes to the server [`Servers::pick`] chooses: rendezvous hashing (the highest
 //!   SHA-256 of address and key), so every application instance listing the same addresses
 //!   picks the same server, and removing one server moves only the keys it held.
@@ -135,8 +138,9 @@ impl Server {
         Ok(BufReader::new(stream))
     }
 
-    /// Sends `command` and reads its reply, on a pooled connection or a new one.
-    async fn request(&self, command: &[u8], expect: Expect) -> Exchange<Reply> {
+    /// Sends `command` and reads its reply, on a pooled connection or a new one; `repeatable`
+    /// commands are sent once more on a fresh connection when a pooled one fails.
+    async fn request(&self, command: &[u8], expect: Expect, repeatable: bool) -> Exchange<Reply> {
         let pooled = self.idle().pop();
         let reused = pooled.is_some();
         let mut conn = match pooled {
@@ -144,12 +148,16 @@ impl Server {
             None => self.connect().await?,
         };
         let reply = match exchange(&mut conn, command, expect).await {
-            Err(Failure::Io(_)) if reused => {
+            Err(Failure::Io(_)) if reused && repeatable => {
                 // Most likely the server restarted or dropped an idle connection: the other
                 // idle ones are as stale. Try once more on a fresh connection.
                 self.idle().clear();
                 conn = self.connect().await?;
                 exchange(&mut conn, command, expect).await?
+            }
+            Err(e @ Failure::Io(_)) if reused => {
+                self.idle().clear();
+                return Err(e);
             }
             other => other?,
         };
@@ -269,7 +277,7 @@ impl Servers {
         let command = format!("gets {key}\r\n");
         match self
             .pick(key)
-            .request(command.as_bytes(), Expect::Item)
+            .request(command.as_bytes(), Expect::Item, true)
             .await?
         {
             Reply::Item(item) => Ok(item),
@@ -295,7 +303,7 @@ impl Servers {
         command.extend_from_slice(header.as_bytes());
         command.extend_from_slice(value);
         command.extend_from_slice(b"\r\n");
-        let line = self.line(key, &command).await?;
+        let line = self.line(key, &command, false).await?;
         match (how, line.as_str()) {
             (_, "STORED") => Ok(Answer::Stored),
             (Store::Add, "NOT_STORED") => Ok(Answer::NotStored),
@@ -308,7 +316,7 @@ impl Servers {
     /// `delete key`: whether there was an item.
     pub(super) async fn delete(&self, key: &str) -> Exchange<bool> {
         let line = self
-            .line(key, format!("delete {key}\r\n").as_bytes())
+            .line(key, format!("delete {key}\r\n").as_bytes(), true)
             .await?;
         match line.as_str() {
             "DELETED" => Ok(true),
@@ -317,8 +325,12 @@ impl Servers {
         }
     }
 
-    async fn line(&self, key: &str, command: &[u8]) -> Exchange<String> {
-        match self.pick(key).request(command, Expect::Line).await? {
+    async fn line(&self, key: &str, command: &[u8], repeatable: bool) -> Exchange<String> {
+        match self
+            .pick(key)
+            .request(command, Expect::Line, repeatable)
+            .await?
+        {
             Reply::Line(line) => Ok(line),
             Reply::Item(_) => Err(Failure::Protocol("an item where a line was due".into())),
         }
