@@ -372,3 +372,71 @@ fn the_docs_config_strings_build() {
     let err = options.build().unwrap_err();
     assert!(matches!(err, Error::ProviderConfig { .. }) && err.to_string().contains("colour"));
 }
+
+/// A TCP proxy in front of memcached that, when armed, lets the next command through and then
+/// closes the client's connection instead of relaying the reply: a reply lost after the
+/// server ran the command.
+struct LossyProxy {
+    addr: String,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyProxy {
+    async fn start(upstream: String) -> LossyProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let armed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&armed);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let flag = Arc::clone(&flag);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if flag.swap(false, Ordering::SeqCst) {
+                            break; // the reply is lost: the client's connection closes
+                        }
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        LossyProxy { addr, armed }
+    }
+
+    fn lose_next_reply(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A create whose `add` ran on the server but whose reply was lost is never reported as a
+/// collision (a repeated `add` would answer `NOT_STORED` for the write that happened): it
+/// fails, and the session it wrote is there.
+#[tokio::test]
+async fn a_lost_reply_to_a_storage_command_is_an_error_never_a_false_collision() {
+    let proxy = LossyProxy::start(shared_addr()).await;
+    let p = provider(&proxy.addr, &unique_prefix("lossy"), "");
+    // A pooled connection exists.
+    assert!(p.create(&id(), &live(&[("k", "1")])).await.unwrap());
+    let b = id();
+    proxy.lose_next_reply();
+    let created = p.create(&b, &live(&[("k", "2")])).await;
+    assert!(
+        !matches!(created, Ok(false)),
+        "a write that happened was reported as a collision"
+    );
+    assert_eq!(p.load(&b).await.unwrap().unwrap().values["k"], "2");
+}
