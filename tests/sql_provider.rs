@@ -255,6 +255,25 @@ mod postgres {
         assert!(index.contains(&format!("{table}_expiry_idx")), "{index}");
     }
 
+    /// A table whose columns do not match (an existing table of another shape) is a backend
+    /// error on load, never "corrupt": the middleware deletes a corrupt record, so a schema
+    /// mismatch would delete every session it touched.
+    #[tokio::test]
+    async fn a_table_of_another_shape_is_a_backend_error_not_corrupt_records() {
+        let table = unique_table("shape");
+        let a = id();
+        let key = a.storage_key();
+        shared().psql(&format!(
+            "CREATE TABLE \"{table}\" (session_key CHAR(64) PRIMARY KEY, session_data TEXT NOT NULL, session_expiry BIGINT NOT NULL); \
+             INSERT INTO \"{table}\" VALUES ('{key}', 'x', '99999999999999')"
+        ));
+        let p = provider(&url_with(&table, "&create_table=false"));
+        let err = p.load(&a).await.unwrap_err();
+        assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+        let rows = shared().psql(&format!("SELECT count(*) FROM \"{table}\""));
+        assert_eq!(rows.trim(), "1");
+    }
+
     fn through(proxy: &Proxy, table: &str, timeout_ms: u64) -> PostgresProvider {
         let mut target = shared().clone();
         target.host = "127.0.0.1".into();

@@ -525,11 +525,13 @@ fn classify<D: Dialect>(e: sqlx::Error) -> Error {
         sqlx::Error::Database(ref db) if D::is_transient(db.as_ref()) => {
             Error::unavailable(D::NAME, e)
         }
+        // Our record decoder's verdict passes through; a driver that cannot decode a column
+        // means the table has another shape, a backend error: "corrupt" would make the
+        // middleware delete every session it loads.
         sqlx::Error::Decode(source) => match source.downcast::<Error>() {
             Ok(inner) => *inner,
-            Err(source) => Error::corrupt(source),
+            Err(source) => Error::backend(D::NAME, source),
         },
-        sqlx::Error::ColumnDecode { .. } => Error::corrupt(e),
         _ => Error::backend(D::NAME, e),
     }
 }
