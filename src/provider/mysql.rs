@@ -33,7 +33,7 @@
 //! ```sql
 //! CREATE TABLE IF NOT EXISTS `session` (
 //!     session_key    CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-//!     session_data   MEDIUMBLOB NOT NULL,
+//!     session_data   LONGBLOB   NOT NULL,
 //!     session_expiry BIGINT NOT NULL,
 //!     PRIMARY KEY (session_key),
 //!     INDEX `session_expiry_idx` (session_expiry)
@@ -100,7 +100,7 @@ impl Dialect for My {
     fn ddl(table: &Table) -> Vec<String> {
         vec![format!(
             "CREATE TABLE IF NOT EXISTS {} (session_key CHAR(64) CHARACTER SET ascii COLLATE \
-             ascii_bin NOT NULL, session_data MEDIUMBLOB NOT NULL, session_expiry BIGINT NOT \
+             ascii_bin NOT NULL, session_data LONGBLOB NOT NULL, session_expiry BIGINT NOT \
              NULL, PRIMARY KEY (session_key), INDEX `{}` (session_expiry)) ENGINE=InnoDB",
             table.quoted('`'),
             table.index_name()
