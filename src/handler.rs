@@ -192,7 +192,10 @@ impl Sessioner {
     /// Stores the outgoing flash and the session's changes, then sets or clears the cookie.
     /// Kept out of `handle` so the common request's future stays small.
     async fn finish(&self, store: &Store, next: Flash, req: &Request, res: &mut Response) {
+        // A failed session fails the response anyway: storing the flash would only retry the
+        // backend that just failed.
         if !next.is_empty()
+            && !store.has_failed()
             && let Err(e) = flash::store_next(store, next).await
         {
             tracing::error!(error = %e, "storing the flash failed");

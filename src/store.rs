@@ -527,6 +527,16 @@ impl Store {
         Ok(state)
     }
 
+    /// Whether a backend call for this session already failed in this request (then the
+    /// response fails whatever comes next, and nothing more need reach the backend). `false`
+    /// while a spawned task holds the state: [`release`](Store::release) still sees it.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.state
+            .get()
+            .and_then(|state| state.try_lock().ok().map(|s| s.failed.is_some()))
+            .unwrap_or(false)
+    }
+
     /// Releases a session nothing asked for in this request, and says so; `false` (nothing
     /// released) when it was used, failed, or is in use elsewhere (a spawned task holding its
     /// lock): then [`release`](Store::release) is due.

@@ -30,6 +30,7 @@ struct Switch {
     down: AtomicBool,
     lifecycle_down: AtomicBool,
     gcs: AtomicUsize,
+    loads: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -57,6 +58,7 @@ impl Switched {
 #[async_trait]
 impl Provider for Switched {
     async fn load(&self, id: &SessionId) -> sessioner::Result<Option<Record>> {
+        self.switch.loads.fetch_add(1, Ordering::SeqCst);
         self.check()?;
         self.inner.load(id).await
     }
@@ -365,5 +367,36 @@ async fn gc_stops_with_the_last_handler_clone_not_the_last_store() {
         switch.gcs.load(Ordering::SeqCst),
         3,
         "GC stopped with the middleware"
+    );
+}
+
+/// Ignores a failed read, then sets a flash for the next request.
+#[handler]
+async fn careless_flash(depot: &mut Depot) -> &'static str {
+    if let Ok(s) = depot.session() {
+        let _ = s.get::<String>("user").await;
+    }
+    if let Ok(flash) = depot.flash_mut() {
+        flash.success("Saved.");
+    }
+    "saved"
+}
+
+#[tokio::test]
+async fn r10_a_failed_session_is_not_asked_again_to_store_the_flash() {
+    let switch = switched("r10-flash");
+    let mut b = Browser::new(service(
+        "r10-flash",
+        Router::with_path("careless_flash").get(careless_flash),
+    ));
+    b.get("/login").await;
+    switch.down.store(true, Ordering::SeqCst);
+    let before = switch.loads.load(Ordering::SeqCst);
+    let r = b.get("/careless_flash").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        switch.loads.load(Ordering::SeqCst) - before,
+        1,
+        "the failed backend was asked again to store the flash"
     );
 }
